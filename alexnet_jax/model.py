@@ -1,0 +1,334 @@
+"""AlexNet (Krizhevsky, Sutskever, Hinton, NIPS 2012) as a Flax NNX module.
+
+By default this is the paper's network (../shared/REFERENCE.md): 227x227 input,
+two towers with grouped conv2/conv4/conv5, local response normalization after
+the ReLU of layers 1 and 2 (computed inside each tower), overlapping 3/2 max
+pooling, dropout 0.5 on fc6/fc7, weights ~ N(0, 0.01^2) and bias 1 in conv2,
+conv4, conv5, fc6 and fc7.
+
+Variants are constructor arguments, not subclasses: `norm`, `pool`, `towers`,
+`activation`, `width`, `num_classes`, the conv1 geometry and the input size,
+and a `preset` that picks the channel layout (paper, torchvision, cifar).
+
+Input size and conv1 padding: an 11x11 stride-4 convolution gives 55x55 on a
+227x227 input without padding (Caffe's choice, our default). On 224x224 inputs
+the paper's 55 needs three extra rows and columns; with `conv1_padding=-1`
+("auto", the default) the input is padded on the bottom/right only, as
+cuda-convnet did by rounding up, i.e. padding (0, 3). torchvision instead pads
+2 on every side (its preset does that).
+
+Speed: a grouped convolution is written as one convolution per tower on the
+channel halves, concatenated, instead of `feature_group_count`; XLA:CPU runs the
+latter 4-7x slower, and the per-tower form is also what the two-device layout
+needs. LRN and pooling use `lax.reduce_window`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+from jax import lax
+
+# The paper's constants: b = a / (k + alpha * sum_{window of n} a^2) ** beta.
+LRN_K = 2.0
+LRN_N = 5
+LRN_ALPHA = 1e-4
+LRN_BETA = 0.75
+
+INIT_STD = 0.01
+
+NORMS = ("lrn", "batchnorm", "none")
+INITS = ("paper", "he")
+POOLS = {"overlap": (3, 2), "nonoverlap": (2, 2)}
+ACTIVATIONS = {"relu": jax.nn.relu, "tanh": jnp.tanh}
+
+
+@dataclasses.dataclass(frozen=True)
+class Preset:
+  """A channel layout and conv1 geometry; everything else is a switch."""
+  channels: tuple[int, int, int, int, int]
+  fc_features: tuple[int, int]
+  conv1_kernel: int
+  conv1_stride: int
+  conv1_padding: int  # -1: pad bottom/right just enough (cuda-convnet's ceil).
+  image_size: int
+  towers: int
+  norm: str
+
+
+PRESETS = {
+    # The paper's table: 96-256-384-384-256, two towers.
+    "paper": Preset((96, 256, 384, 384, 256), (4096, 4096), 11, 4, -1, 227,
+                    towers=2, norm="lrn"),
+    # torchvision.models.alexnet ("one weird trick"): one tower, no LRN.
+    "torchvision": Preset((64, 192, 384, 256, 256), (4096, 4096), 11, 4, 2,
+                          224, towers=1, norm="none"),
+    # The paper's network on 32x32 images: 5x5 stride-1 conv1 with 'same'
+    # padding, so the 3/2 pools give 32 -> 15 -> 7 -> 3.
+    "cifar": Preset((96, 256, 384, 384, 256), (4096, 4096), 5, 1, 2, 32,
+                    towers=2, norm="lrn"),
+}
+
+# Which conv layers see only their own tower's channels (paper, figure 2).
+GROUPED = {"conv1": False, "conv2": True, "conv3": False, "conv4": True,
+           "conv5": True}
+# Layers whose bias starts at 1 (paper, section 5); the others start at 0.
+BIAS_ONE = ("conv2", "conv4", "conv5", "fc6", "fc7")
+
+
+def local_response_norm(x: jax.Array, *, groups: int = 1, n: int = LRN_N,
+                        k: float = LRN_K, alpha: float = LRN_ALPHA,
+                        beta: float = LRN_BETA) -> jax.Array:
+  """The paper's LRN over the channel axis of an NHWC array.
+
+  The window holds n channels centred on each channel, cut at the edges of
+  each of `groups` equal channel blocks (towers), so no tower sees another's
+  channels. alpha multiplies the plain sum (PyTorch divides it by n).
+  """
+  *lead, c = x.shape
+  if c % groups:
+    raise ValueError(f"{c} channels do not split into {groups} towers")
+  xg = x.reshape(*lead, groups, c // groups)
+  r = n // 2
+  sq = lax.reduce_window(xg * xg, 0.0, lax.add,
+                         (1,) * (xg.ndim - 1) + (n,), (1,) * xg.ndim,
+                         ((0, 0),) * (xg.ndim - 1) + ((r, n - 1 - r),))
+  return (xg * (k + alpha * sq) ** -beta).reshape(x.shape)
+
+
+def max_pool(x: jax.Array, window: int, stride: int) -> jax.Array:
+  """VALID max pooling over H and W of an NHWC array."""
+  return lax.reduce_window(x, -jnp.inf, lax.max,
+                           (1, window, window, 1), (1, stride, stride, 1),
+                           "VALID")
+
+
+def conv(x: jax.Array, kernel: jax.Array, *, stride: int = 1,
+         padding=((0, 0), (0, 0)), groups: int = 1) -> jax.Array:
+  """NHWC x HWIO convolution; `groups` > 1 runs one convolution per tower.
+
+  The kernel has the grouped layout (kh, kw, C_in / groups, C_out), as for
+  `feature_group_count`: output block g sees only input block g. Splitting
+  by hand is the same arithmetic and several times faster on XLA:CPU.
+  """
+  def one(xi, ki):
+    return lax.conv_general_dilated(
+        xi, ki, (stride, stride), padding,
+        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  if groups == 1:
+    return one(x, kernel)
+  xs = jnp.split(x, groups, axis=-1)
+  ks = jnp.split(kernel, groups, axis=-1)
+  return jnp.concatenate([one(xi, ki) for xi, ki in zip(xs, ks)], axis=-1)
+
+
+class Conv(nnx.Module):
+  """A convolution layer, optionally grouped over towers."""
+
+  def __init__(self, in_features: int, out_features: int, kernel_size: int, *,
+               stride: int = 1, padding=((0, 0), (0, 0)), groups: int = 1,
+               bias_init: float = 0.0, use_bias: bool = True,
+               init_std: float = INIT_STD, rngs: nnx.Rngs):
+    if in_features % groups or out_features % groups:
+      raise ValueError(f"conv {in_features}->{out_features} does not split "
+                       f"into {groups} towers")
+    shape = (kernel_size, kernel_size, in_features // groups, out_features)
+    self.kernel = nnx.Param(init_std * jax.random.normal(rngs.params(), shape))
+    self.bias = (nnx.Param(jnp.full((out_features,), bias_init, jnp.float32))
+                 if use_bias else None)
+    self.stride, self.padding, self.groups = stride, padding, groups
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    y = conv(x, self.kernel[...].astype(x.dtype), stride=self.stride,
+             padding=self.padding, groups=self.groups)
+    if self.bias is not None:
+      y = y + self.bias[...].astype(y.dtype)
+    return y
+
+
+class Linear(nnx.Module):
+  """A fully connected layer with the paper's initialization."""
+
+  def __init__(self, in_features: int, out_features: int, *,
+               bias_init: float = 0.0, init_std: float = INIT_STD,
+               rngs: nnx.Rngs):
+    self.kernel = nnx.Param(
+        init_std * jax.random.normal(rngs.params(), (in_features, out_features)))
+    self.bias = nnx.Param(jnp.full((out_features,), bias_init, jnp.float32))
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    return x @ self.kernel[...].astype(x.dtype) + self.bias[...].astype(x.dtype)
+
+
+def _scaled(n: int, width: float, towers: int) -> int:
+  """n * width rounded to a positive multiple of the tower count."""
+  return max(1, round(n * width / towers)) * towers
+
+
+def conv1_pads(image_size: int, kernel: int, stride: int, padding: int):
+  """The conv1 padding per spatial axis; -1 pads bottom/right only, so that
+  the output size is the ceiling of (image_size - kernel) / stride + 1."""
+  if padding >= 0:
+    return ((padding, padding),) * 2
+  extra = -(image_size - kernel) % stride
+  return ((0, extra),) * 2
+
+
+class AlexNet(nnx.Module):
+  """AlexNet; the defaults are the paper's network for 1000 classes."""
+
+  def __init__(self, *, preset: str = "paper", num_classes: int = 1000,
+               norm: str | None = None, pool: str = "overlap",
+               towers: int | None = None, activation: str = "relu",
+               width: float = 1.0, dropout_rate: float = 0.5,
+               image_size: int | None = None, conv1_kernel: int | None = None,
+               conv1_stride: int | None = None,
+               conv1_padding: int | None = None, init: str = "paper",
+               dtype=jnp.float32, rngs: nnx.Rngs):
+    """Builds the network. Arguments left at None take the preset's value.
+
+    init: 'paper' draws every weight from N(0, 0.01^2) with bias 1 in conv2,
+    conv4, conv5, fc6 and fc7; 'he' draws from N(0, 2 / fan_in) with zero
+    biases. The paper's fixed std shrinks the signal by about
+    0.01 * sqrt(fan_in) per layer, so narrow variants (width << 1) barely
+    train at first with it; 'he' keeps the scale at any width.
+
+    dtype is the compute dtype (bfloat16 for mixed precision); parameters
+    are always float32 and the logits are returned as float32.
+    """
+    if preset not in PRESETS:
+      raise ValueError(f"model.preset must be one of {sorted(PRESETS)}, "
+                       f"got {preset!r}")
+    p = PRESETS[preset]
+    norm = p.norm if norm is None else norm
+    towers = p.towers if towers is None else towers
+    image_size = p.image_size if image_size is None else image_size
+    k1 = p.conv1_kernel if conv1_kernel is None else conv1_kernel
+    s1 = p.conv1_stride if conv1_stride is None else conv1_stride
+    pad1 = p.conv1_padding if conv1_padding is None else conv1_padding
+    if norm not in NORMS:
+      raise ValueError(f"model.norm must be one of {NORMS}, got {norm!r}")
+    if pool not in POOLS:
+      raise ValueError(f"model.pool must be one of {tuple(POOLS)}, "
+                       f"got {pool!r}")
+    if activation not in ACTIVATIONS:
+      raise ValueError(f"model.activation must be one of "
+                       f"{tuple(ACTIVATIONS)}, got {activation!r}")
+    if towers not in (1, 2):
+      raise ValueError(f"model.towers must be 1 or 2, got {towers!r}")
+    if init not in INITS:
+      raise ValueError(f"model.init must be one of {INITS}, got {init!r}")
+    if not width > 0:
+      raise ValueError(f"model.width must be positive, got {width!r}")
+    if not 0 <= dropout_rate < 1:
+      raise ValueError(f"model.dropout_rate must be in [0, 1), "
+                       f"got {dropout_rate!r}")
+
+    self.num_classes, self.norm, self.towers = num_classes, norm, towers
+    self.image_size, self.dtype = image_size, dtype
+    self.pool_window, self.pool_stride = POOLS[pool]
+    self.act = ACTIVATIONS[activation]
+    chans = [_scaled(c, width, towers) for c in p.channels]
+    fcs = [_scaled(f, width, towers) for f in p.fc_features]
+
+    # Spatial sizes, so fc6 knows its input width and bad geometry fails here.
+    pad = conv1_pads(image_size, k1, s1, pad1)
+    size = (image_size + sum(pad[0]) - k1) // s1 + 1
+    self.stage_sizes = [size]
+    for _ in range(3):  # pools after conv1, conv2 and conv5; 'same' convs.
+      size = (size - self.pool_window) // self.pool_stride + 1
+      self.stage_sizes.append(size)
+    if min(self.stage_sizes) < 1:
+      raise ValueError(f"image_size {image_size} is too small for conv1 "
+                       f"{k1}x{k1}/{s1} and {pool} pooling "
+                       f"(spatial sizes {self.stage_sizes})")
+
+    bn = norm == "batchnorm"
+
+    def init_args(name, fan_in):
+      if init == "he":
+        return dict(bias_init=0.0, init_std=(2.0 / fan_in) ** 0.5)
+      return dict(bias_init=1.0 if name in BIAS_ONE else 0.0,
+                  init_std=INIT_STD)
+
+    def conv_layer(name, cin, cout, k, stride=1, padding=None):
+      padding = padding or ((k // 2, k // 2),) * 2
+      groups = towers if GROUPED[name] else 1
+      return Conv(cin, cout, k, stride=stride, padding=padding, groups=groups,
+                  use_bias=not (bn and name in ("conv1", "conv2")), rngs=rngs,
+                  **init_args(name, k * k * cin // groups))
+
+    self.conv1 = conv_layer("conv1", 3, chans[0], k1, s1, pad)
+    self.conv2 = conv_layer("conv2", chans[0], chans[1], 5)
+    self.conv3 = conv_layer("conv3", chans[1], chans[2], 3)
+    self.conv4 = conv_layer("conv4", chans[2], chans[3], 3)
+    self.conv5 = conv_layer("conv5", chans[3], chans[4], 3)
+    if bn:
+      self.bn1 = nnx.BatchNorm(chans[0], momentum=0.9, rngs=rngs)
+      self.bn2 = nnx.BatchNorm(chans[1], momentum=0.9, rngs=rngs)
+    flat = self.stage_sizes[-1] ** 2 * chans[4]
+    self.fc6 = Linear(flat, fcs[0], rngs=rngs, **init_args("fc6", flat))
+    self.fc7 = Linear(fcs[0], fcs[1], rngs=rngs, **init_args("fc7", fcs[0]))
+    self.fc8 = Linear(fcs[1], num_classes, rngs=rngs,
+                      **init_args("fc8", fcs[1]))
+    self.dropout6 = nnx.Dropout(dropout_rate, rngs=rngs)
+    self.dropout7 = nnx.Dropout(dropout_rate, rngs=rngs)
+
+  def _normalized(self, x, layer: int):
+    """conv -> ReLU -> LRN (paper) | conv -> BN -> ReLU | conv -> ReLU."""
+    if self.norm == "batchnorm":
+      return self.act(getattr(self, f"bn{layer}")(x))
+    x = self.act(x)
+    if self.norm == "lrn":
+      x = local_response_norm(x, groups=self.towers)
+    return x
+
+  def __call__(self, x: jax.Array, *, return_activations: bool = False):
+    """Logits (float32) for NHWC images; optionally every stage's output."""
+    acts = {}
+    pool = lambda y: max_pool(y, self.pool_window, self.pool_stride)
+    x = x.astype(self.dtype)
+    x = acts["conv1"] = self._normalized(self.conv1(x), 1)
+    x = acts["pool1"] = pool(x)
+    x = acts["conv2"] = self._normalized(self.conv2(x), 2)
+    x = acts["pool2"] = pool(x)
+    x = acts["conv3"] = self.act(self.conv3(x))
+    x = acts["conv4"] = self.act(self.conv4(x))
+    x = acts["conv5"] = self.act(self.conv5(x))
+    x = acts["pool5"] = pool(x)
+    x = x.reshape(x.shape[0], -1)
+    x = acts["fc6"] = self.dropout6(self.act(self.fc6(x)))
+    x = acts["fc7"] = self.dropout7(self.act(self.fc7(x)))
+    logits = acts["fc8"] = self.fc8(x).astype(jnp.float32)
+    return (logits, acts) if return_activations else logits
+
+
+def input_size(model_config) -> int:
+  """The input image size a model config asks for (its preset's if None)."""
+  if model_config.image_size is not None:
+    return model_config.image_size
+  if model_config.preset not in PRESETS:
+    raise ValueError(f"model.preset must be one of {sorted(PRESETS)}, "
+                     f"got {model_config.preset!r}")
+  return PRESETS[model_config.preset].image_size
+
+
+def from_config(model_config, *, half_precision: bool = False,
+                rngs: nnx.Rngs) -> AlexNet:
+  """Builds the model from the `model` block of a config."""
+  c = model_config
+  return AlexNet(
+      preset=c.preset, num_classes=c.num_classes, norm=c.norm, pool=c.pool,
+      towers=c.towers, activation=c.activation, width=c.width,
+      dropout_rate=c.dropout_rate, image_size=c.image_size,
+      conv1_kernel=c.conv1_kernel, conv1_stride=c.conv1_stride,
+      conv1_padding=c.conv1_padding, init=c.init,
+      dtype=jnp.bfloat16 if half_precision else jnp.float32, rngs=rngs)
+
+
+def count_params(model: nnx.Module) -> int:
+  """Number of trainable parameters (BatchNorm statistics excluded)."""
+  return sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))

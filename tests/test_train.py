@@ -1,0 +1,148 @@
+"""The optimizer against the paper's update, and the training entry point."""
+
+import json
+import pathlib
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import pytest
+
+from alexnet_jax import train
+from configs import cifar10, default, smoke
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+def optim_config(**overrides):
+  c = default.get_config().optim
+  c.unlock() if hasattr(c, "unlock") else None
+  for k, v in overrides.items():
+    c[k] = v
+  return c
+
+
+def test_sgd_step_is_the_papers_update():
+  """v <- 0.9 v - 0.0005 e w - e g;  w <- w + v, over three steps."""
+  e, m, wd = 0.01, 0.9, 5e-4
+  tx = train.create_optimizer(optim_config(), steps_per_epoch=10)
+  rng = np.random.default_rng(0)
+  w = {"kernel": rng.normal(size=(3, 4)), "bias": rng.normal(size=(4,))}
+  params = jax.tree.map(jnp.asarray, w)
+  state = tx.init(params)
+  v = jax.tree.map(np.zeros_like, w)
+  for _ in range(3):
+    g = {"kernel": rng.normal(size=(3, 4)), "bias": rng.normal(size=(4,))}
+    updates, state = tx.update(jax.tree.map(jnp.asarray, g), state, params)
+    params = optax.apply_updates(params, updates)
+    v = jax.tree.map(lambda v, w, g: m * v - wd * e * w - e * g, v, w, g)
+    w = jax.tree.map(np.add, w, v)
+    for k in w:
+      np.testing.assert_allclose(params[k], w[k], rtol=1e-5, atol=1e-7)
+
+
+def test_rate_change_does_not_rescale_the_velocity():
+  # The paper's velocity keeps the rate each gradient entered with; optax.sgd
+  # would multiply the whole trace by the new rate.
+  tx = train.create_optimizer(
+      optim_config(schedule="step", step_epochs=(1,), weight_decay=0.0),
+      steps_per_epoch=1)
+  params = jnp.zeros(())
+  state = tx.init(params)
+  u1, state = tx.update(jnp.ones(()), state, params)  # lr 0.01
+  u2, state = tx.update(jnp.ones(()), state, params)  # lr 0.001
+  np.testing.assert_allclose(u1, -0.01, rtol=1e-6)
+  np.testing.assert_allclose(u2, 0.9 * -0.01 - 0.001, rtol=1e-6)
+
+
+def test_weight_decay_modes_and_bias_exclusion():
+  params = {"kernel": jnp.ones((2, 2)), "bias": jnp.ones((2,))}
+  zeros = jax.tree.map(jnp.zeros_like, params)
+  for mode, decay_biases, want_k, want_b in [
+      ("coupled", True, -0.01 * 5e-4, -0.01 * 5e-4),
+      ("coupled", False, -0.01 * 5e-4, 0.0),
+      ("decoupled", True, -0.01 * 5e-4, -0.01 * 5e-4),
+      ("none", True, 0.0, 0.0)]:
+    tx = train.create_optimizer(optim_config(weight_decay_mode=mode,
+                                             decay_biases=decay_biases), 1)
+    u, _ = tx.update(zeros, tx.init(params), params)
+    np.testing.assert_allclose(u["kernel"], want_k, rtol=1e-6, err_msg=mode)
+    np.testing.assert_allclose(u["bias"], want_b, rtol=1e-6, err_msg=mode)
+
+
+def test_step_schedule_divides_by_ten_at_the_given_epochs():
+  s = train.learning_rate_schedule(
+      optim_config(schedule="step", step_epochs=(2, 3)), steps_per_epoch=5)
+  got = [float(s(i)) for i in (0, 9, 10, 14, 15, 100)]
+  np.testing.assert_allclose(got, [0.01, 0.01, 0.001, 0.001, 1e-4, 1e-4],
+                             rtol=1e-6)
+
+
+def test_topk_correct_counts_ties_against():
+  logits = jnp.array([[3.0, 1.0, 2.0], [1.0, 1.0, 0.0]])
+  np.testing.assert_array_equal(train.topk_correct(logits, jnp.array([2, 1]),
+                                                   1), [0.0, 0.0])
+  np.testing.assert_array_equal(train.topk_correct(logits, jnp.array([2, 1]),
+                                                   2), [1.0, 1.0])
+
+
+@pytest.mark.parametrize("module,arg", [(default, None), (default, "runlocal"),
+                                        (cifar10, None), (smoke, None)])
+def test_configs_load(module, arg):
+  config = module.get_config(arg)
+  assert isinstance(config, ml_collections.ConfigDict)
+  for block in ("model", "data", "optim", "mesh"):
+    assert block in config
+
+
+def test_unknown_config_option_is_rejected():
+  with pytest.raises(ValueError, match="unknown config option"):
+    default.get_config("fast")
+
+
+def test_train_and_evaluate_on_8_devices_counts_every_eval_example(tmp_path):
+  config = smoke.get_config()
+  config.num_train_steps = 3
+  config.log_every_steps = 1
+  config.eval_every_steps = 3
+  config.data.num_eval_examples = 37  # One full batch of 32 and 5 padded.
+  assert jax.device_count() == 8
+  last = train.train_and_evaluate(config, str(tmp_path))
+  assert last["eval_examples"] == 37
+  rows = [json.loads(l) for l in (tmp_path / "metrics.jsonl").open()]
+  assert [r["step"] for r in rows if "train_loss" in r] == [1, 2, 3]
+  assert json.loads((tmp_path / "config.json").read_text())["seed"] == 0
+
+
+def run_main(*args, timeout=300):
+  return subprocess.run([sys.executable, "-m", "alexnet_jax.main", *args],
+                        cwd=ROOT, capture_output=True, text=True,
+                        timeout=timeout)
+
+
+def test_smoke_run_exits_zero_and_learns(tmp_path):
+  proc = run_main("--config=configs/smoke.py", f"--workdir={tmp_path}")
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert "images_per_sec" in proc.stdout
+  rows = [json.loads(l) for l in (tmp_path / "metrics.jsonl").open()]
+  losses = [r["train_loss"] for r in rows if "train_loss" in r]
+  evals = [r for r in rows if "eval_top1_error" in r]
+  assert losses[-1] < 0.5 * losses[0]
+  assert losses[-1] < np.log(10)  # Below chance: it learned something.
+  assert evals[-1]["eval_top1_error"] < 0.5  # Chance is 0.9.
+
+
+@pytest.mark.parametrize("flag,message", [
+    ("--config.model.norm=layer", "model.norm"),
+    ("--config.mesh.data=3", "mesh 3x1"),
+    ("--config.batch_size=30", "not divisible"),
+])
+def test_bad_config_values_give_one_line(tmp_path, flag, message):
+  proc = run_main("--config=configs/smoke.py", f"--workdir={tmp_path}", flag)
+  assert proc.returncode == 2
+  assert message in proc.stderr
+  assert "Traceback" not in proc.stderr
