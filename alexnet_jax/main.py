@@ -11,6 +11,7 @@ from absl import logging
 from ml_collections import config_flags
 
 from alexnet_jax import input_pipeline
+from alexnet_jax import sharding
 from alexnet_jax import train
 
 FLAGS = flags.FLAGS
@@ -21,7 +22,8 @@ config_flags.DEFINE_config_file(
     lock_config=True)
 flags.mark_flags_as_required(["config", "workdir"])
 
-USER_ERRORS = (train.ConfigError, input_pipeline.DataError)
+USER_ERRORS = (train.ConfigError, input_pipeline.DataError,
+               sharding.MeshError)
 
 
 def main(argv):

@@ -22,10 +22,10 @@ import numpy as np
 import optax
 from absl import logging
 from flax import nnx
-from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 
 from alexnet_jax import input_pipeline
 from alexnet_jax import model as model_lib
+from alexnet_jax import sharding
 
 
 class ConfigError(ValueError):
@@ -137,22 +137,6 @@ def make_steps(model_graph, opt_graph, eval_graph):
 # ---------------------------------------------------------------- setup
 
 
-def create_mesh(mesh_config: ml_collections.ConfigDict) -> jax.sharding.Mesh:
-  """A (data, model) mesh; -1 on one axis takes the remaining devices."""
-  n = jax.device_count()
-  data, model = mesh_config.data, mesh_config.model
-  if model != 1:
-    raise ConfigError("mesh.model > 1 (the two-device tower split) is not "
-                      "implemented yet; use mesh.model=1")
-  if data == -1:
-    data = n // model
-  if data < 1 or data * model != n:
-    raise ConfigError(f"mesh {data}x{model} (data x model) needs "
-                      f"{data * model} devices, this run has {n}")
-  return jax.make_mesh((data, model), ("data", "model"),
-                       axis_types=(AxisType.Auto, AxisType.Auto))
-
-
 def create_train_state(config: ml_collections.ConfigDict,
                        steps_per_epoch: int):
   """The model (train mode), its eval-mode graph and the optimizer."""
@@ -210,10 +194,10 @@ def evaluate(eval_step, model_state, config, mesh, image_size: int):
   _, batches = input_pipeline.eval_iterator(
       config, image_size=image_size, process_index=jax.process_index(),
       process_count=jax.process_count())
-  sharding = NamedSharding(mesh, P("data"))
+  batch_sharding = sharding.batch_sharding(mesh)
   totals = None
   for batch in batches:
-    out = eval_step(model_state, _to_device(batch, sharding))
+    out = eval_step(model_state, _to_device(batch, batch_sharding))
     totals = out if totals is None else jax.tree.map(jnp.add, totals, out)
   totals = jax.device_get(totals)
   totals = {k: float(v) for k, v in totals.items()}
@@ -233,7 +217,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
                        workdir: str) -> dict[str, float]:
   """Trains as configured, evaluates, and returns the last metrics."""
   _validate(config)
-  mesh = create_mesh(config.mesh)
+  mesh = sharding.create_mesh(config.mesh)
   os.makedirs(workdir, exist_ok=True)
   if jax.process_index() == 0:
     with open(os.path.join(workdir, "config.json"), "w") as f:
@@ -250,11 +234,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
 
     model_graph, model_state = nnx.split(model)
     opt_graph, opt_state = nnx.split(optimizer)
-    replicated = NamedSharding(mesh, P())
-    model_state = jax.device_put(model_state, replicated)
-    opt_state = jax.device_put(opt_state, replicated)
+    model_state = jax.device_put(
+        model_state, sharding.state_shardings(model_state, mesh))
+    opt_state = jax.device_put(opt_state,
+                               sharding.state_shardings(opt_state, mesh))
     train_step, eval_step = make_steps(model_graph, opt_graph, eval_graph)
-    batch_sharding = NamedSharding(mesh, P("data"))
+    batch_sharding = sharding.batch_sharding(mesh)
 
     log = MetricsLog(workdir)
     if log.enabled:
