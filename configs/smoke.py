@@ -20,6 +20,8 @@ def get_config(arg=None):
   # The paper's N(0, 0.01^2) init stalls at this width (see model.py).
   config.model.init = "he"
 
+  config.data.source = "synthetic"
+  config.data.eval_crops = 1
   config.data.num_train_examples = 1024
   config.data.num_eval_examples = 200  # Not a multiple of 32: tests padding.
   config.data.synthetic_noise = 1.0
