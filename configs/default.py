@@ -21,6 +21,8 @@ def get_config(arg=None):
   config.log_every_steps = 100
   config.eval_every_steps = -1  # <= 0: evaluate at the end of every epoch.
   config.half_precision = False  # bfloat16 compute, float32 parameters.
+  config.checkpoint_every_steps = 1000  # Also at each epoch end and the last.
+  config.max_checkpoints_to_keep = 3  # Plus the best by eval top-1 error.
 
   config.model = m = ml_collections.ConfigDict()
   m.preset = "paper"  # paper | torchvision | cifar (channel layout, conv1).
@@ -39,7 +41,37 @@ def get_config(arg=None):
   m.init = "paper"  # paper (N(0, 0.01^2), bias 1) | he (N(0, 2/fan_in))
 
   config.data = d = ml_collections.ConfigDict()
-  d.source = "synthetic"  # synthetic (more sources: see the README)
+  d.source = "tfds"  # tfds | folder | synthetic (see input_pipeline.py)
+  d.name = "imagenet2012"  # TFDS name (source=tfds).
+  d.data_dir = config_dict.placeholder(str)  # TFDS data dir; None: default.
+  # Folder holding ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar, for a
+  # data set TFDS prepares from the user's own files (prepared once).
+  d.manual_dir = config_dict.placeholder(str)
+  d.download = False  # Let TFDS download a data set that is not prepared.
+  d.path = config_dict.placeholder(str)  # source=folder: holds train/, val/.
+  d.train_split = "train"
+  d.eval_split = "validation"  # TFDS name; a folder's val/ or test/.
+  d.hint = ""  # Appended to a missing-data error: how to get the data.
+  d.shuffle_buffer = 16_384  # TFDS: examples reshuffled per epoch.
+  # Preprocessing, as the paper: central square of the image resized to
+  # resize_size (0: keep its size), random crops of the model's input size
+  # (227 or 224) and mirrors for training; PCA lighting; mean subtraction.
+  d.resize_size = 256
+  d.random_crop = True
+  d.fused_crop = True  # JPEG: decode only the crop window, then resize.
+  # Pad the square by this many mean-colour pixels before random crops
+  # (CIFAR-style; the crop then follows a full decode).
+  d.crop_padding = 0
+  d.flip = True
+  d.pca_lighting = True
+  d.pca_std = 0.1  # Std of the PCA lighting coefficients alpha.
+  # Per-channel RGB mean on the 0-255 scale, subtracted from every pixel
+  # (() for none). The ImageNet training-set mean used by Caffe and VGG;
+  # for other data compute it with
+  # `python -m alexnet_jax.input_pipeline --config=... compute-mean`.
+  d.mean = (123.68, 116.78, 103.94)
+  d.eval_crops = 10  # 1: center crop; 10: corners + center and mirrors.
+  # source=synthetic (no files):
   d.num_train_examples = 1_281_167  # Size of the synthetic training set.
   d.num_eval_examples = 50_000  # Size of the synthetic evaluation set.
   d.synthetic_noise = 0.5  # Noise std around each class's prototype image.
@@ -50,14 +82,30 @@ def get_config(arg=None):
   o.weight_decay = 5e-4
   o.weight_decay_mode = "coupled"  # coupled (paper) | decoupled | none
   o.decay_biases = True
-  o.schedule = "constant"  # constant | step
-  o.step_epochs = (30, 60, 80)  # schedule=step: divide by 10 at these epochs.
+  # The paper divided the rate by 10 when the validation error stopped
+  # improving, three times: schedule=plateau.
+  o.schedule = "plateau"  # constant | step | plateau | cosine
+  o.step_epochs = (30, 60, 80)  # step: divide by 10 at these epochs.
+  o.plateau_patience = 3  # plateau: evaluations without improvement.
+  o.plateau_factor = 0.1
+  o.plateau_max_reductions = 3
+  o.warmup_epochs = 5.0  # cosine: linear warmup before the cosine decay.
 
-  config.mesh = ml_collections.ConfigDict()
-  config.mesh.data = -1  # -1: all devices not used by `model`.
-  config.mesh.model = 1
+  config.mesh = mesh = ml_collections.ConfigDict()
+  mesh.data = -1  # -1: all devices not used by `model`.
+  mesh.model = 1  # 1: data parallel | 2: one tower per device (paper).
+  # Multi-process (jax.distributed): auto starts it when coordinator_address
+  # is set or a launcher (SLURM, Open MPI, multi-host TPU) is detected; on
+  # also lets JAX auto-detect the rest; off never.
+  mesh.distributed = "auto"  # auto | on | off
+  mesh.coordinator_address = config_dict.placeholder(str)  # "host:port"
+  mesh.num_processes = config_dict.placeholder(int)  # None: auto-detected.
+  mesh.process_id = config_dict.placeholder(int)  # None: auto-detected.
+  mesh.initialization_timeout = 300  # Seconds to wait for every process.
 
   if arg == "runlocal":
+    d.source = "synthetic"  # Offline: no data set needed.
+    d.eval_crops = 1
     config.batch_size = 8
     config.num_train_steps = 4
     config.log_every_steps = 1

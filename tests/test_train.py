@@ -20,7 +20,6 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 def optim_config(**overrides):
   c = default.get_config().optim
-  c.unlock() if hasattr(c, "unlock") else None
   for k, v in overrides.items():
     c[k] = v
   return c
@@ -29,7 +28,7 @@ def optim_config(**overrides):
 def test_sgd_step_is_the_papers_update():
   """v <- 0.9 v - 0.0005 e w - e g;  w <- w + v, over three steps."""
   e, m, wd = 0.01, 0.9, 5e-4
-  tx = train.create_optimizer(optim_config(), steps_per_epoch=10)
+  tx = train.create_optimizer(optim_config())
   rng = np.random.default_rng(0)
   w = {"kernel": rng.normal(size=(3, 4)), "bias": rng.normal(size=(4,))}
   params = jax.tree.map(jnp.asarray, w)
@@ -37,7 +36,8 @@ def test_sgd_step_is_the_papers_update():
   v = jax.tree.map(np.zeros_like, w)
   for _ in range(3):
     g = {"kernel": rng.normal(size=(3, 4)), "bias": rng.normal(size=(4,))}
-    updates, state = tx.update(jax.tree.map(jnp.asarray, g), state, params)
+    updates, state = tx.update(jax.tree.map(jnp.asarray, g), state, params,
+                               learning_rate=e)
     params = optax.apply_updates(params, updates)
     v = jax.tree.map(lambda v, w, g: m * v - wd * e * w - e * g, v, w, g)
     w = jax.tree.map(np.add, w, v)
@@ -48,13 +48,11 @@ def test_sgd_step_is_the_papers_update():
 def test_rate_change_does_not_rescale_the_velocity():
   # The paper's velocity keeps the rate each gradient entered with; optax.sgd
   # would multiply the whole trace by the new rate.
-  tx = train.create_optimizer(
-      optim_config(schedule="step", step_epochs=(1,), weight_decay=0.0),
-      steps_per_epoch=1)
+  tx = train.create_optimizer(optim_config(weight_decay=0.0))
   params = jnp.zeros(())
   state = tx.init(params)
-  u1, state = tx.update(jnp.ones(()), state, params)  # lr 0.01
-  u2, state = tx.update(jnp.ones(()), state, params)  # lr 0.001
+  u1, state = tx.update(jnp.ones(()), state, params, learning_rate=0.01)
+  u2, state = tx.update(jnp.ones(()), state, params, learning_rate=0.001)
   np.testing.assert_allclose(u1, -0.01, rtol=1e-6)
   np.testing.assert_allclose(u2, 0.9 * -0.01 - 0.001, rtol=1e-6)
 
@@ -66,20 +64,58 @@ def test_weight_decay_modes_and_bias_exclusion():
       ("coupled", True, -0.01 * 5e-4, -0.01 * 5e-4),
       ("coupled", False, -0.01 * 5e-4, 0.0),
       ("decoupled", True, -0.01 * 5e-4, -0.01 * 5e-4),
+      ("decoupled", False, -0.01 * 5e-4, 0.0),
       ("none", True, 0.0, 0.0)]:
     tx = train.create_optimizer(optim_config(weight_decay_mode=mode,
-                                             decay_biases=decay_biases), 1)
-    u, _ = tx.update(zeros, tx.init(params), params)
+                                             decay_biases=decay_biases))
+    u, _ = tx.update(zeros, tx.init(params), params, learning_rate=0.01)
     np.testing.assert_allclose(u["kernel"], want_k, rtol=1e-6, err_msg=mode)
     np.testing.assert_allclose(u["bias"], want_b, rtol=1e-6, err_msg=mode)
 
 
+def test_decoupled_decay_stays_out_of_the_velocity():
+  tx = train.create_optimizer(optim_config(weight_decay_mode="decoupled",
+                                           weight_decay=0.5))
+  w = jnp.ones(())
+  state = tx.init(w)
+  u1, state = tx.update(jnp.zeros(()), state, w, learning_rate=0.1)
+  u2, state = tx.update(jnp.zeros(()), state, w, learning_rate=0.1)
+  np.testing.assert_allclose([u1, u2], [-0.05, -0.05], rtol=1e-6)
+
+
 def test_step_schedule_divides_by_ten_at_the_given_epochs():
-  s = train.learning_rate_schedule(
-      optim_config(schedule="step", step_epochs=(2, 3)), steps_per_epoch=5)
-  got = [float(s(i)) for i in (0, 9, 10, 14, 15, 100)]
+  lr = train.LearningRate(optim_config(schedule="step", step_epochs=(2, 3)),
+                          steps_per_epoch=5, total_steps=100)
+  # Step s is produced by update s; epoch 2 begins with update 11.
+  got = [lr(s) for s in (1, 10, 11, 15, 16, 100)]
   np.testing.assert_allclose(got, [0.01, 0.01, 0.001, 0.001, 1e-4, 1e-4],
-                             rtol=1e-6)
+                             rtol=1e-9)
+
+
+def test_cosine_schedule_warms_up_then_decays_to_zero():
+  lr = train.LearningRate(optim_config(schedule="cosine", warmup_epochs=1.0),
+                          steps_per_epoch=10, total_steps=110)
+  np.testing.assert_allclose([lr(1), lr(10), lr(11), lr(61), lr(110)],
+                             [0.001, 0.01, 0.01, 0.005, 0.01 * 0.5 * (
+                                 1 + np.cos(np.pi * 99 / 100))], rtol=1e-9)
+
+
+def test_plateau_divides_after_patience_at_most_n_times():
+  lr = train.LearningRate(optim_config(schedule="plateau", plateau_patience=2,
+                                       plateau_max_reductions=2),
+                          steps_per_epoch=10, total_steps=100)
+  errors = [0.9, 0.8, 0.8, 0.85, 0.7, 0.7, 0.7, 0.7, 0.7, 0.7, 0.7]
+  cuts = [lr.observe(e) for e in errors]
+  #        best   better  bad1   bad2->cut better bad1  bad2->cut ...no more
+  assert cuts == [False, False, False, True, False, False, True, False, False,
+                  False, False]
+  assert lr.plateau["reductions"] == 2
+  np.testing.assert_allclose(lr(50), 0.01 * 0.01, rtol=1e-9)
+
+
+def test_unknown_schedule_is_a_config_error():
+  with pytest.raises(train.ConfigError, match="optim.schedule"):
+    train.LearningRate(optim_config(schedule="linear"), 1, 1)
 
 
 def test_topk_correct_counts_ties_against():
@@ -146,3 +182,24 @@ def test_bad_config_values_give_one_line(tmp_path, flag, message):
   assert proc.returncode == 2
   assert message in proc.stderr
   assert "Traceback" not in proc.stderr
+
+
+def test_ten_crop_eval_averages_the_softmax_and_masks_padding():
+  from flax import nnx
+  config = smoke.get_config()
+  model, optimizer, eval_graph = train.create_train_state(config)
+  model_graph, model_state = nnx.split(model)
+  opt_graph, _ = nnx.split(optimizer)
+  _, eval_step = train.make_steps(model_graph, opt_graph, eval_graph)
+  images = jax.random.normal(jax.random.key(0), (3, 10, 32, 32, 3))
+  labels = jnp.array([1, 2, 3])
+  out = eval_step(model_state, {"image": images, "label": labels,
+                                "mask": jnp.array([True, True, False])})
+  model.eval()
+  probs = jax.nn.softmax(model(images.reshape(30, 32, 32, 3))).reshape(
+      3, 10, -1).mean(1)
+  want_loss = -jnp.log(probs[jnp.arange(2), labels[:2]]).sum()
+  want_top1 = jnp.sum(jnp.argmax(probs[:2], -1) == labels[:2])
+  assert float(out["count"]) == 2.0
+  np.testing.assert_allclose(out["loss"], want_loss, rtol=1e-5)
+  assert float(out["top1"]) == float(want_top1)
