@@ -8,15 +8,23 @@ import sys
 from absl import app
 from absl import flags
 from absl import logging
+import jax
 from ml_collections import config_flags
 
+from alexnet_jax import comm
 from alexnet_jax import input_pipeline
 from alexnet_jax import sharding
 from alexnet_jax import train
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Directory for metrics and checkpoints.")
-flags.DEFINE_enum("mode", "train", ["train"], "What to run.")
+flags.DEFINE_enum("mode", "train", ["train", "eval", "comm"],
+                  "train (resumes from the workdir's checkpoints) | eval (the "
+                  "latest checkpoint, or the best with --best) | comm "
+                  "(collectives and memory per device of the compiled steps).")
+flags.DEFINE_bool("json", False, "--mode=comm: print JSON, not tables.")
+flags.DEFINE_bool("best", False, "--mode=eval: the best checkpoint by eval "
+                  "error instead of the latest.")
 config_flags.DEFINE_config_file(
     "config", None, "A config file (configs/*.py), optionally ':option'.",
     lock_config=True)
@@ -24,6 +32,10 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 USER_ERRORS = (train.ConfigError, input_pipeline.DataError,
                sharding.MeshError)
+
+
+def _last_line(error: Exception) -> str:
+  return [l.strip() for l in str(error).splitlines() if l.strip()][-1]
 
 
 def main(argv):
@@ -35,11 +47,19 @@ def main(argv):
     config = FLAGS.config
     config.keys()  # A file that failed to load raises only when used.
   except (OSError, ImportError, SyntaxError) as e:  # A config file that fails.
-    reason = [l.strip() for l in str(e).splitlines() if l.strip()][-1]
-    print(f"error: cannot load --config ({reason})", file=sys.stderr)
+    print(f"error: cannot load --config ({_last_line(e)})", file=sys.stderr)
     return 2
   try:
-    train.train_and_evaluate(config, FLAGS.workdir)
+    # Before anything touches the devices: they span every process.
+    sharding.initialize_distributed(config.mesh)
+    if FLAGS.mode == "comm":
+      text = comm.report(config, as_json=FLAGS.json)
+      if jax.process_index() == 0:
+        print(text)
+    elif FLAGS.mode == "eval":
+      train.evaluate_checkpoint(config, FLAGS.workdir, best=FLAGS.best)
+    else:
+      train.train_and_evaluate(config, FLAGS.workdir)
   except USER_ERRORS as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
@@ -63,6 +83,8 @@ def parse_flags(argv):
           file=sys.stderr)
   except (TypeError, ValueError) as e:
     print(f"error: bad config override: {e}", file=sys.stderr)
+  except (OSError, ImportError, SyntaxError) as e:  # Overrides on a bad file.
+    print(f"error: cannot load --config ({_last_line(e)})", file=sys.stderr)
   sys.exit(2)
 
 

@@ -31,6 +31,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 from jax import lax
+from jax.sharding import PartitionSpec as P
+
+from alexnet_jax import sharding
 
 # The paper's constants: b = a / (k + alpha * sum_{window of n} a^2) ** beta.
 LRN_K = 2.0
@@ -91,19 +94,112 @@ def local_response_norm(x: jax.Array, *, groups: int = 1, n: int = LRN_N,
   *lead, c = x.shape
   if c % groups:
     raise ValueError(f"{c} channels do not split into {groups} towers")
-  xg = x.reshape(*lead, groups, c // groups)
   r = n // 2
-  sq = lax.reduce_window(xg * xg, 0.0, lax.add,
-                         (1,) * (xg.ndim - 1) + (n,), (1,) * xg.ndim,
-                         ((0, 0),) * (xg.ndim - 1) + ((r, n - 1 - r),))
-  return (xg * (k + alpha * sq) ** -beta).reshape(x.shape)
+
+  def window_sum(v):  # S(v): the sum over each channel's window.
+    vg = v.reshape(*lead, groups, c // groups)
+    # A literal 0.0 lets JAX see a window sum (transposable under jit).
+    s = lax.reduce_window(vg, 0.0, lax.add,
+                          (1,) * (vg.ndim - 1) + (n,), (1,) * vg.ndim,
+                          ((0, 0),) * (vg.ndim - 1) + ((r, n - 1 - r),))
+    return s.reshape(v.shape)
+
+  def denominator(v):  # t = k + alpha S(v^2) and p = t^-beta.
+    t = k + alpha * window_sum(v * v)
+    if beta == 0.75:
+      # rsqrt(t) * sqrt(rsqrt(t)): pow is exp(log(t) * -beta), which made
+      # LRN cost more than conv1 on XLA:CPU (and again in its derivative).
+      q = lax.rsqrt(t)
+      return t, q * jnp.sqrt(q)
+    return t, t ** -beta
+
+  # A hand-written derivative reuses t and p instead of differentiating the
+  # power: d(x p) = p dx - 2 alpha beta (x p / t) S(x dx). It is linear in
+  # dx, so JAX transposes it for the backward pass (S is symmetric).
+  @jax.custom_jvp
+  def lrn(v):
+    return v * denominator(v)[1]
+
+  @lrn.defjvp
+  def lrn_jvp(primals, tangents):
+    (v,), (dv,) = primals, tangents
+    t, p = denominator(v)
+    dy = p * dv - (2 * alpha * beta) * (v * p / t) * window_sum(v * dv)
+    return v * p, dy
+
+  return lrn(x)
 
 
 def max_pool(x: jax.Array, window: int, stride: int) -> jax.Array:
-  """VALID max pooling over H and W of an NHWC array."""
-  return lax.reduce_window(x, -jnp.inf, lax.max,
-                           (1, window, window, 1), (1, stride, stride, 1),
-                           "VALID")
+  """VALID max pooling over H and W of an NHWC array.
+
+  The gradient goes to the first maximum of each window in row-major order,
+  as with `lax.reduce_window` (XLA's select-and-scatter); where windows
+  overlap, an input's gradients from several windows may be summed in
+  another order (float rounding). Reverse mode only (a custom VJP).
+  """
+  n, h, w, c = x.shape
+  ho = (h - window) // stride + 1
+  wo = (w - window) // stride + 1
+  if ho < 1 or wo < 1:
+    return lax.reduce_window(x, -jnp.inf, lax.max,
+                             (1, window, window, 1), (1, stride, stride, 1),
+                             "VALID")
+  # Rows and columns split into `stride` phases: x[s*m + r] is phase r, row
+  # m. Each window tap (i, j) is then a contiguous slice of one phase, and
+  # each phase's gradient is a sum of shifted taps at the output size,
+  # written once. XLA:CPU's select-and-scatter, and the strided pads that
+  # autodiff of strided slices gives, were several times slower.
+  s = stride
+  hm = max(-(-h // s), (window - 1) // s + ho)
+  wm = max(-(-w // s), (window - 1) // s + wo)
+
+  def taps(v):  # The window x window shifted views, in row-major order.
+    v = jnp.pad(v, ((0, 0), (0, hm * s - h), (0, wm * s - w), (0, 0)))
+    v = v.reshape(n, hm, s, wm, s, c)
+    return [v[:, i // s:i // s + ho, i % s, j // s:j // s + wo, j % s]
+            for i in range(window) for j in range(window)]
+
+  def forward(v):
+    out = taps(v)
+    y = out[0]
+    for t in out[1:]:
+      y = jnp.maximum(y, t)
+    return y
+
+  @jax.custom_vjp
+  def pool(v):
+    return forward(v)
+
+  def pool_fwd(v):
+    y = forward(v)
+    return y, (v, y)
+
+  def pool_bwd(res, g):
+    v, y = res
+    taken = jnp.zeros(y.shape, bool)
+    picked = {}
+    for k, t in enumerate(taps(v)):
+      hit = (t == y) & ~taken  # The first maximum wins, as in XLA.
+      taken = taken | hit
+      picked[divmod(k, window)] = jnp.where(hit, g, jnp.zeros((), g.dtype))
+    phases = []
+    for r in range(s):
+      row = []
+      for q in range(s):
+        acc = jnp.zeros((n, hm, wm, c), g.dtype)
+        for i in range(r, window, s):
+          for j in range(q, window, s):
+            acc = acc + jnp.pad(picked[i, j], (
+                (0, 0), (i // s, hm - ho - i // s),
+                (j // s, wm - wo - j // s), (0, 0)))
+        row.append(acc)
+      phases.append(jnp.stack(row, axis=3))
+    dx = jnp.stack(phases, axis=2).reshape(n, hm * s, wm * s, c)
+    return (dx[:, :h, :w],)
+
+  pool.defvjp(pool_fwd, pool_bwd)
+  return pool(x)
 
 
 def conv(x: jax.Array, kernel: jax.Array, *, stride: int = 1,
@@ -287,23 +383,145 @@ class AlexNet(nnx.Module):
     return x
 
   def __call__(self, x: jax.Array, *, return_activations: bool = False):
-    """Logits (float32) for NHWC images; optionally every stage's output."""
+    """Logits (float32) for NHWC images; optionally every stage's output.
+
+    On a mesh whose `model` axis has two devices (sharding.tower_split), the
+    two-tower network runs one tower per device, as the paper did on two
+    GPUs; the result is the same as on one device.
+    """
+    # BatchNorm's statistics are not written for the per-device program:
+    # on model=2 that variant runs as one program placed by XLA.
+    if (self.towers == 2 and self.norm != "batchnorm"
+        and sharding.tower_split(batch=x.shape[0])):
+      logits, acts = self._two_tower_forward(x, return_activations)
+    else:
+      logits, acts = self._forward(x)
+    return (logits, acts) if return_activations else logits
+
+  def _forward(self, x: jax.Array):
+    """The network as one program; on a mesh, XLA's partitioner places it.
+
+    Named scopes mark each layer in the compiled HLO (see comm.py).
+    """
     acts = {}
     pool = lambda y: max_pool(y, self.pool_window, self.pool_stride)
     x = x.astype(self.dtype)
-    x = acts["conv1"] = self._normalized(self.conv1(x), 1)
-    x = acts["pool1"] = pool(x)
-    x = acts["conv2"] = self._normalized(self.conv2(x), 2)
-    x = acts["pool2"] = pool(x)
-    x = acts["conv3"] = self.act(self.conv3(x))
-    x = acts["conv4"] = self.act(self.conv4(x))
-    x = acts["conv5"] = self.act(self.conv5(x))
-    x = acts["pool5"] = pool(x)
-    x = x.reshape(x.shape[0], -1)
-    x = acts["fc6"] = self.dropout6(self.act(self.fc6(x)))
-    x = acts["fc7"] = self.dropout7(self.act(self.fc7(x)))
-    logits = acts["fc8"] = self.fc8(x).astype(jnp.float32)
-    return (logits, acts) if return_activations else logits
+    with jax.named_scope("conv1"):
+      x = acts["conv1"] = self._normalized(self.conv1(x), 1)
+      x = acts["pool1"] = pool(x)
+    with jax.named_scope("conv2"):
+      x = acts["conv2"] = self._normalized(self.conv2(x), 2)
+      x = acts["pool2"] = pool(x)
+    with jax.named_scope("conv3"):
+      x = acts["conv3"] = self.act(self.conv3(x))
+    with jax.named_scope("conv4"):
+      x = acts["conv4"] = self.act(self.conv4(x))
+    with jax.named_scope("conv5"):
+      x = acts["conv5"] = self.act(self.conv5(x))
+      x = acts["pool5"] = pool(x)
+    with jax.named_scope("fc6"):
+      x = x.reshape(x.shape[0], -1)
+      x = acts["fc6"] = self.dropout6(self.act(self.fc6(x)))
+    with jax.named_scope("fc7"):
+      x = acts["fc7"] = self.dropout7(self.act(self.fc7(x)))
+    with jax.named_scope("fc8"):
+      logits = acts["fc8"] = self.fc8(x).astype(jnp.float32)
+    return logits, acts
+
+  def _two_tower_forward(self, x: jax.Array, return_activations: bool):
+    """One tower per device of the `model` axis (paper, figure 2).
+
+    Runs under jax.shard_map, manual over `data` and `model`: each device
+    holds its rows of the batch and its tower's parameters (placed by
+    sharding.param_spec), so conv1, the grouped conv2/conv4/conv5, the
+    per-tower LRN and the pooling touch only local data. The only exchanges
+    are the paper's four, at the layers that read both towers: all-gathers
+    of both towers' outputs (channel or unit axis) into conv3, fc6 and fc7,
+    and for fc8, which holds the rows for its own fc7 units, an all-reduce
+    of the two partial logits (sharding.py says why). Every device then
+    holds the full logits, so the loss needs no further exchange. Plain
+    GSPMD annotations would instead move data inside the grouped layers.
+
+    Dropout masks are drawn outside the shard_map for the full (batch,
+    units) shape, exactly as the one-device forward draws them, and each
+    device applies its block: identical masks on every mesh.
+    """
+    dt = self.dtype
+    names = ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "fc8")
+    params = {n: (getattr(self, n).kernel[...], getattr(self, n).bias[...])
+              for n in names}
+    param_specs = {n: tuple(sharding.param_spec(n, leaf, p.shape)
+                            for leaf, p in zip(("kernel", "bias"), params[n]))
+                   for n in names}
+    batch = P(sharding.DATA)
+    tower = P(sharding.DATA, None, None, sharding.MODEL)
+    units = P(sharding.DATA, sharding.MODEL)
+    masks, keep = {}, {}
+    for name, drop in (("fc6", self.dropout6), ("fc7", self.dropout7)):
+      if not (drop.deterministic or drop.rate == 0):
+        shape = (x.shape[0], getattr(self, name).kernel.shape[-1])
+        masks[name] = drop(jnp.ones(shape, dt)) != 0
+        keep[name] = 1.0 - drop.rate
+
+    def forward(x, params, masks):
+      acts = {}
+      pool = lambda y: max_pool(y, self.pool_window, self.pool_stride)
+
+      def layer(name, y):
+        kernel, bias = params[name]
+        if kernel.ndim == 2:
+          y = y @ kernel.astype(dt)
+        else:  # This tower's channels only: one group here.
+          m = getattr(self, name)
+          y = conv(y, kernel.astype(dt), stride=m.stride, padding=m.padding)
+        return y + bias.astype(dt)
+
+      def normalized(y):  # The local channels are one tower: groups=1.
+        y = self.act(y)
+        return local_response_norm(y) if self.norm == "lrn" else y
+
+      def exchange(y):  # Both towers' halves, on every device.
+        return lax.all_gather(y, sharding.MODEL, axis=y.ndim - 1, tiled=True)
+
+      def dropout(name, y):
+        if name not in masks:
+          return y
+        return lax.select(masks[name], y / keep[name], jnp.zeros_like(y))
+
+      y = x.astype(dt)
+      with jax.named_scope("conv1"):
+        y = acts["conv1"] = normalized(layer("conv1", y))
+        y = acts["pool1"] = pool(y)
+      with jax.named_scope("conv2"):
+        y = acts["conv2"] = normalized(layer("conv2", y))
+        y = acts["pool2"] = pool(y)
+      with jax.named_scope("conv3"):
+        y = acts["conv3"] = self.act(layer("conv3", exchange(y)))
+      with jax.named_scope("conv4"):
+        y = acts["conv4"] = self.act(layer("conv4", y))
+      with jax.named_scope("conv5"):
+        y = acts["conv5"] = self.act(layer("conv5", y))
+        y = acts["pool5"] = pool(y)
+      with jax.named_scope("fc6"):
+        y = exchange(y)
+        y = y.reshape(y.shape[0], -1)
+        y = acts["fc6"] = dropout("fc6", self.act(layer("fc6", y)))
+      with jax.named_scope("fc7"):
+        y = acts["fc7"] = dropout("fc7", self.act(layer("fc7", exchange(y))))
+      with jax.named_scope("fc8"):  # Partial logits of this tower, summed.
+        kernel, bias = params["fc8"]
+        y = lax.psum(y @ kernel.astype(dt), sharding.MODEL)
+        logits = acts["fc8"] = (y + bias.astype(dt)).astype(jnp.float32)
+      return logits, (acts if return_activations else {})
+
+    act_specs = {k: tower for k in ("conv1", "pool1", "conv2", "pool2",
+                                    "conv3", "conv4", "conv5", "pool5")}
+    act_specs.update(fc6=units, fc7=units, fc8=batch)
+    run = jax.shard_map(
+        forward, in_specs=(batch, param_specs, {k: units for k in masks}),
+        out_specs=(batch, act_specs if return_activations else {}),
+        axis_names={sharding.DATA, sharding.MODEL})
+    return run(x, params, masks)
 
 
 def input_size(model_config) -> int:

@@ -273,9 +273,9 @@ def setup(config: ml_collections.ConfigDict) -> Run:
     model, optimizer, eval_graph = create_train_state(config)
     model_graph, model_state = nnx.split(model)
     opt_graph, opt_state = nnx.split(optimizer)
-    model_state = jax.device_put(
+    model_state = sharding.place(
         model_state, sharding.state_shardings(model_state, mesh))
-    opt_state = jax.device_put(opt_state,
+    opt_state = sharding.place(opt_state,
                                sharding.state_shardings(opt_state, mesh))
   train_step, eval_step = make_steps(model_graph, opt_graph, eval_graph)
   return Run(config, mesh, model_state, opt_state, train_step, eval_step,
@@ -393,11 +393,22 @@ class StopRequest:
 # ---------------------------------------------------------------- loops
 
 
+def data_slice(run: Run) -> dict[str, int]:
+  """Which slice of each global batch this process loads, from the mesh.
+
+  Usually (process index, process count); when the `model` axis spans
+  processes, the processes of a tower pair load the same rows.
+  """
+  rows = sharding.local_batch_rows(run.mesh, run.config.batch_size)
+  per = rows.stop - rows.start
+  return {"process_index": rows.start // per,
+          "process_count": run.config.batch_size // per}
+
+
 def evaluate(run: Run) -> dict[str, float]:
   """Top-1/top-5 error and loss over every evaluation example exactly once."""
   _, batches = input_pipeline.eval_iterator(
-      run.config, image_size=run.image_size,
-      process_index=jax.process_index(), process_count=jax.process_count())
+      run.config, image_size=run.image_size, **data_slice(run))
   totals = None
   for batch in input_pipeline.prefetch_to_device(
       batches, sharding.batch_sharding(run.mesh)):
@@ -450,8 +461,7 @@ def _train_loop(run: Run, ckpts, log: MetricsLog, workdir: str):
     log.info(f"resuming from the checkpoint at step {start}")
   # The iterator starts at the checkpoint's step: its position is the step.
   info, train_batches = input_pipeline.train_iterator(
-      config, image_size=run.image_size, start_step=start,
-      process_index=jax.process_index(), process_count=jax.process_count())
+      config, image_size=run.image_size, start_step=start, **data_slice(run))
   steps_per_epoch, num_steps = steps_for(config, info.num_examples)
   lr = LearningRate(config.optim, steps_per_epoch, num_steps)
   lr.plateau = meta.get("plateau", lr.plateau)

@@ -234,3 +234,37 @@ def test_plateau_state_survives_resume(tmp_path):
          .splitlines() if "train_loss" in l][-1]
   assert row["step"] == 7
   np.testing.assert_allclose(row["learning_rate"], 1e-9 * 0.01, rtol=1e-9)
+
+
+def run_on(devices, workdir, *extra):
+  env = dict(os.environ, XLA_FLAGS=(
+      f"--xla_force_host_platform_device_count={devices} "
+      "--xla_cpu_experimental_ynn_fusion_type="))
+  cmd = [sys.executable, "-m", "alexnet_jax.main", f"--workdir={workdir}",
+         "--config=configs/smoke.py", "--config.log_every_steps=1",
+         "--config.eval_every_steps=1000", "--config.checkpoint_every_steps=3",
+         *extra]
+  proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True,
+                        text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  return proc
+
+
+def train_losses(workdir):
+  return {json.loads(l)["step"]: json.loads(l)["train_loss"] for l in
+          (pathlib.Path(workdir) / "metrics.jsonl").read_text().splitlines()
+          if "train_loss" in l}
+
+
+def test_checkpoint_from_a_2x2_mesh_resumes_on_one_device(tmp_path):
+  run_on(1, tmp_path / "one", "--config.num_train_steps=6")
+  # Two towers on two devices, two data shards; then one device.
+  run_on(4, tmp_path / "moved", "--config.num_train_steps=3",
+         "--config.mesh.model=2")
+  proc = run_on(1, tmp_path / "moved", "--config.num_train_steps=6")
+  assert "resuming from the checkpoint at step 3" in proc.stdout
+  assert "'data': 1, 'model': 1" in proc.stdout
+  want, got = train_losses(tmp_path / "one"), train_losses(tmp_path / "moved")
+  # Different meshes sum in different orders: equal to float32 rounding.
+  np.testing.assert_allclose([got[s] for s in (4, 5, 6)],
+                             [want[s] for s in (4, 5, 6)], rtol=1e-5)
