@@ -20,7 +20,8 @@ cuda-convnet did by rounding up, i.e. padding (0, 3). torchvision instead pads
 Speed: a grouped convolution is written as one convolution per tower on the
 channel halves, concatenated, instead of `feature_group_count`; XLA:CPU runs the
 latter 4-7x slower, and the per-tower form is also what the two-device layout
-needs. LRN and pooling use `lax.reduce_window`.
+needs. LRN avoids XLA:CPU's slow `pow` and has a hand-written derivative;
+max-pooling avoids its slow select-and-scatter (see each function).
 """
 
 from __future__ import annotations

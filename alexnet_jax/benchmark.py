@@ -1,0 +1,480 @@
+"""Throughput of the train and eval steps, optionally against PyTorch.
+
+  python -m alexnet_jax.benchmark --what=train --batch=64 --compare-torch
+  python -m alexnet_jax.benchmark --what=eval --config=configs/cifar10.py \
+      --config.model.width=1.0 --batch=128 --compare-torch --json
+  python -m alexnet_jax.benchmark --what=input --config=configs/cifar10.py
+
+The JAX steps are the project's own, built as training builds them
+(`train.setup`, i.e. `create_train_state` + `nnx.split` + `make_steps`:
+jitted, parameters and optimizer state donated), on the config's mesh, fed
+one fixed device-resident batch, so that only the step is timed.
+Compilation is timed separately, then a few warm-up steps run (the first
+windows after compiling were 2-8x slower), then timed windows of several
+steps; JAX and PyTorch windows alternate so that load from other
+processes hits both alike. The table reports the median window.
+
+GFLOP/s counts 2 x multiply-adds of every convolution and matmul in the
+step's jaxpr (forward, and for train the backward convolutions and matmuls
+too); elementwise work (ReLU, LRN, pooling, optimizer) is not counted. The
+peak is a 4096x4096 float32 `jnp.dot`, measured in the same run (the best
+of its runs before and after the timed windows).
+
+The PyTorch peer is the same network written with torch.nn (grouped convs
+via groups=2, LRN per tower, same pools and dropout), 2 threads, one fixed
+batch, SGD with momentum and coupled weight decay, eager mode; with
+`--config.half_precision=True` it runs under bfloat16 autocast. Its GFLOP/s
+use the same FLOP count. torch is optional.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import math
+import platform
+import statistics
+import sys
+import time
+
+from absl import app
+from absl import flags
+from absl import logging
+from ml_collections import config_flags
+
+import alexnet_jax  # noqa: F401  (sets the XLA:CPU flags before jax starts)
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from alexnet_jax import input_pipeline
+from alexnet_jax import model as model_lib
+from alexnet_jax import sharding
+from alexnet_jax import train
+
+FLAGS = flags.FLAGS
+flags.DEFINE_enum("what", "train", ["train", "eval", "input"],
+                  "Which step to time.")
+flags.DEFINE_integer("batch", None, "Batch size (default: the config's).")
+flags.DEFINE_bool("compare_torch", False,
+                  "Also time the same network in PyTorch, alternating.")
+flags.DEFINE_bool("json", False, "Print one JSON object instead of a table.")
+flags.DEFINE_integer("windows", 5, "Timed windows per framework.")
+flags.DEFINE_integer("steps", 0, "Steps per window (0: enough for "
+                     "--min_window_s, judged from the warm-up).")
+flags.DEFINE_float("min_window_s", 1.0, "Target length of one window.")
+flags.DEFINE_integer("warmup", 5, "Untimed steps after compiling (at least; "
+                     "more while steps keep getting faster).")
+flags.DEFINE_integer("torch_threads", 2, "torch.set_num_threads.")
+flags.DEFINE_integer("peak_size", 4096, "n of the n x n matmul that measures "
+                     "the peak.")
+config_flags.DEFINE_config_file(
+    "config", "configs/default.py", "A config file (configs/*.py).",
+    lock_config=True)
+
+
+# ---------------------------------------------------------------- FLOPs
+
+
+def _sub_jaxprs(params):
+  for v in params.values():
+    for item in (v if isinstance(v, (tuple, list)) else (v,)):
+      if isinstance(item, jax.extend.core.ClosedJaxpr):
+        yield item.jaxpr
+      elif isinstance(item, jax.extend.core.Jaxpr):
+        yield item
+
+
+def count_flops(jaxpr) -> int:
+  """2 x multiply-adds of every convolution and dot_general in a jaxpr."""
+  total = 0
+  for eqn in jaxpr.eqns:
+    name = eqn.primitive.name
+    if name == "conv_general_dilated":
+      rhs = eqn.invars[1].aval.shape
+      out = eqn.outvars[0].aval.shape
+      rhs_out = rhs[eqn.params["dimension_numbers"].rhs_spec[0]]
+      # Each output element takes prod(kernel) / C_out multiply-adds, with
+      # or without feature or batch groups.
+      total += 2 * math.prod(out) * (math.prod(rhs) // rhs_out)
+    elif name == "dot_general":
+      (lhs_contract, _), _ = eqn.params["dimension_numbers"]
+      lhs = eqn.invars[0].aval.shape
+      k = math.prod(lhs[d] for d in lhs_contract)
+      total += 2 * math.prod(eqn.outvars[0].aval.shape) * k
+    for sub in _sub_jaxprs(eqn.params):
+      total += count_flops(sub)
+  return total
+
+
+def matmul_peak(n: int = 4096, reps: int = 5) -> float:
+  """Best GFLOP/s of an n x n float32 jnp.dot on the default device."""
+  a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+  b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
+  dot = jax.jit(jnp.dot)
+  dot(a, b).block_until_ready()
+  best = math.inf
+  for _ in range(reps):
+    t = time.perf_counter()
+    dot(a, b).block_until_ready()
+    best = min(best, time.perf_counter() - t)
+  return 2 * n ** 3 / best / 1e9
+
+
+# ---------------------------------------------------------------- JAX side
+
+
+class JaxStep:
+  """The project's jitted train or eval step on one fixed batch."""
+
+  def __init__(self, config, what: str, batch_size: int):
+    self.what = what
+    if hasattr(train, "setup"):  # What train_and_evaluate itself runs.
+      run = train.setup(config)
+      mesh, self.params = run.mesh, run.num_params
+      self.model_state, self.opt_state = run.model_state, run.opt_state
+      train_step, eval_step = run.train_step, run.eval_step
+    else:  # The foundation's API: create_train_state + split + make_steps.
+      mesh = sharding.create_mesh(config.mesh)
+      with jax.set_mesh(mesh):
+        model, optimizer, eval_graph = train.create_train_state(
+            config, max(1, config.data.num_train_examples // batch_size))
+        self.params = model_lib.count_params(model)
+        model_graph, self.model_state = nnx.split(model)
+        opt_graph, self.opt_state = nnx.split(optimizer)
+        self.model_state = jax.device_put(
+            self.model_state, sharding.state_shardings(self.model_state, mesh))
+        self.opt_state = jax.device_put(
+            self.opt_state, sharding.state_shardings(self.opt_state, mesh))
+      train_step, eval_step = train.make_steps(model_graph, opt_graph,
+                                               eval_graph)
+    self.mesh = mesh
+    size = model_lib.input_size(config.model)
+    rng = np.random.default_rng(0)
+    batch = {
+        "image": rng.standard_normal((batch_size, size, size, 3), np.float32),
+        "label": rng.integers(0, config.model.num_classes, batch_size,
+                              dtype=np.int32),
+        "mask": np.ones(batch_size, bool)}  # Every row is a real image.
+    with jax.set_mesh(mesh):
+      self.batch = jax.device_put(batch, sharding.batch_sharding(mesh))
+      if what == "train":
+        fn = train_step
+        self.extra = ()
+        # Newer train steps take the learning rate as an argument.
+        if "learning_rate" in inspect.signature(train_step).parameters:
+          self.extra = (jnp.float32(config.optim.learning_rate),)
+        args = (self.model_state, self.opt_state, self.batch, *self.extra)
+      else:
+        fn = eval_step
+        args = (self.model_state, self.batch)
+      self.flops = count_flops(jax.make_jaxpr(fn)(*args).jaxpr)
+      t = time.perf_counter()
+      self.compiled = fn.lower(*args).compile()
+      self.compile_s = time.perf_counter() - t
+    cost = self.compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    self.xla_flops = float((cost or {}).get("flops", float("nan")))
+
+  def run(self, steps: int):
+    """Runs `steps` steps and waits for the last."""
+    with jax.set_mesh(self.mesh):
+      out = None
+      for _ in range(steps):
+        if self.what == "train":
+          self.model_state, self.opt_state, out = self.compiled(
+              self.model_state, self.opt_state, self.batch, *self.extra)
+        else:
+          out = self.compiled(self.model_state, self.batch)
+      jax.block_until_ready(out)
+
+
+# ---------------------------------------------------------------- torch side
+
+
+def torch_alexnet(config):
+  """The config's AlexNet as a torch.nn.Module taking NCHW float32 images.
+
+  Same channels, towers (groups=2), conv1 geometry (the bottom/right pad of
+  `conv1_padding=-1` included), LRN inside each tower, pooling, dropout and
+  activation; LRN(5, alpha=5e-4) because torch divides alpha by n.
+  """
+  import torch
+  from torch import nn
+
+  c = config.model
+  p = model_lib.PRESETS[c.preset]
+  towers = p.towers if c.towers is None else c.towers
+  norm = p.norm if c.norm is None else c.norm
+  size = model_lib.input_size(c)
+  k1 = p.conv1_kernel if c.conv1_kernel is None else c.conv1_kernel
+  s1 = p.conv1_stride if c.conv1_stride is None else c.conv1_stride
+  pad1 = p.conv1_padding if c.conv1_padding is None else c.conv1_padding
+  (pt, pb), (pl, pr) = model_lib.conv1_pads(size, k1, s1, pad1)
+  scaled = model_lib._scaled  # pylint: disable=protected-access
+  ch = [scaled(n, c.width, towers) for n in p.channels]
+  fc = [scaled(n, c.width, towers) for n in p.fc_features]
+  window, stride = model_lib.POOLS[c.pool]
+  act = {"relu": nn.ReLU, "tanh": nn.Tanh}[c.activation]
+
+  class TowerLRN(nn.Module):
+    def __init__(self):
+      super().__init__()
+      n = model_lib.LRN_N
+      self.lrn = nn.LocalResponseNorm(n, alpha=model_lib.LRN_ALPHA * n,
+                                      beta=model_lib.LRN_BETA,
+                                      k=model_lib.LRN_K)
+
+    def forward(self, x):
+      return torch.cat([self.lrn(t) for t in x.chunk(towers, dim=1)], dim=1)
+
+  def block(cin, cout, k, groups, stride_=1, pad=None, layer=None):
+    pad = k // 2 if pad is None else pad
+    bn = norm == "batchnorm" and layer is not None
+    mods = [nn.Conv2d(cin, cout, k, stride_, pad, groups=groups, bias=not bn)]
+    if bn:
+      mods.append(nn.BatchNorm2d(cout, momentum=0.1))
+    mods.append(act())
+    if norm == "lrn" and layer is not None:
+      mods.append(TowerLRN())
+    return mods
+
+  g = towers
+  size_out = (size + pt + pb - k1) // s1 + 1
+  for _ in range(3):
+    size_out = (size_out - window) // stride + 1
+  layers = [nn.ZeroPad2d((pl, pr, pt, pb))]
+  layers += block(3, ch[0], k1, 1, s1, 0, layer=1)
+  layers += [nn.MaxPool2d(window, stride)]
+  layers += block(ch[0], ch[1], 5, g, layer=2)
+  layers += [nn.MaxPool2d(window, stride)]
+  layers += block(ch[1], ch[2], 3, 1) + block(ch[2], ch[3], 3, g)
+  layers += block(ch[3], ch[4], 3, g) + [nn.MaxPool2d(window, stride)]
+  # NHWC flattening order does not matter for speed; torch flattens NCHW.
+  layers += [nn.Flatten(),
+             nn.Linear(size_out * size_out * ch[4], fc[0]), act(),
+             nn.Dropout(c.dropout_rate),
+             nn.Linear(fc[0], fc[1]), act(), nn.Dropout(c.dropout_rate),
+             nn.Linear(fc[1], c.num_classes)]
+  return nn.Sequential(*layers)
+
+
+class TorchStep:
+  """Forward (+ backward + SGD momentum) of the torch peer on one batch."""
+
+  def __init__(self, config, what: str, batch_size: int, threads: int):
+    import torch
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    self.torch, self.what = torch, what
+    self.model = torch_alexnet(config)
+    self.params = sum(p.numel() for p in self.model.parameters())
+    size = model_lib.input_size(config.model)
+    self.x = torch.randn(batch_size, 3, size, size)
+    self.y = torch.randint(0, config.model.num_classes, (batch_size,))
+    # The paper's update: coupled decay, momentum, as train.create_optimizer.
+    self.opt = torch.optim.SGD(self.model.parameters(),
+                               lr=config.optim.learning_rate,
+                               momentum=config.optim.momentum,
+                               weight_decay=config.optim.weight_decay)
+    self.loss = torch.nn.CrossEntropyLoss()
+    # bfloat16 compute with float32 parameters, as the JAX side does.
+    self.autocast = config.half_precision
+    self.model.train(what == "train")
+
+  def _step(self):
+    torch = self.torch
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.autocast):
+      if self.what == "train":
+        self.opt.zero_grad(set_to_none=True)
+        loss = self.loss(self.model(self.x).float(), self.y)
+        loss.backward()
+        self.opt.step()
+      else:
+        with torch.inference_mode():
+          self.model(self.x)
+
+  def run(self, steps: int):
+    for _ in range(steps):
+      self._step()
+
+
+def import_torch_or_exit():
+  try:
+    import torch  # noqa: F401
+  except ImportError:
+    print("error: --compare-torch needs PyTorch (pip install torch==2.13.0)",
+          file=sys.stderr)
+    sys.exit(2)
+
+
+# ---------------------------------------------------------------- timing
+
+
+def _timed(fn, steps: int) -> float:
+  t = time.perf_counter()
+  fn(steps)
+  return (time.perf_counter() - t) / steps
+
+
+def benchmark(config, *, what: str = "train", batch_size: int | None = None,
+              compare_torch: bool = False, windows: int = 5, steps: int = 0,
+              min_window_s: float = 1.0, warmup: int = 5,
+              torch_threads: int = 2, peak_size: int = 4096) -> dict:
+  """Times the step; returns a dict of what was measured (see module doc)."""
+  batch_size = batch_size or config.batch_size
+  with config.unlocked():
+    config.batch_size = batch_size
+  peak = matmul_peak(peak_size)
+  runners = {"jax": JaxStep(config, what, batch_size)}
+  first = {}
+  if compare_torch:
+    runners["torch"] = TorchStep(config, what, batch_size, torch_threads)
+  # Warm-up: XLA's first runs fault in buffers and thread pools; torch's
+  # first 3-4 steps of a shape build oneDNN kernels (about 1 s each here,
+  # more than a whole step of the small nets). Keep going while the last
+  # step was well above the best one.
+  per_step = {}
+  for name, r in runners.items():
+    first[name] = _timed(r.run, 1)
+    seen = [_timed(r.run, 1) for _ in range(max(1, warmup))]
+    while seen[-1] > 1.3 * min(seen) and len(seen) < 3 * warmup + 6:
+      seen.append(_timed(r.run, 1))
+    per_step[name] = min(seen)
+  if steps <= 0:
+    slowest = max(per_step.values())
+    steps = max(1, math.ceil(min_window_s / slowest))
+  times = {name: [] for name in runners}
+  for _ in range(windows):  # Alternating windows share the machine's load.
+    for name, r in runners.items():
+      times[name].append(_timed(r.run, steps))
+  # Other processes lower a single peak measurement: keep the better of two.
+  peak = max(peak, matmul_peak(peak_size))
+
+  flops = runners["jax"].flops
+  result = {
+      "what": what, "batch": batch_size,
+      "model": dict(config.model), "half_precision": config.half_precision,
+      "params": runners["jax"].params,
+      "flops_per_step": flops,
+      "flops_source": "jaxpr: 2 x multiply-adds of convolutions and matmuls",
+      "xla_cost_analysis_flops": runners["jax"].xla_flops,
+      "matmul_peak_gflops": peak, "peak_size": peak_size,
+      "compile_s": runners["jax"].compile_s,
+      "windows": windows, "steps_per_window": steps,
+      "machine": _machine(), "rows": {}}
+  for name in runners:
+    med = statistics.median(times[name])
+    result["rows"][name] = {
+        "ms_per_step": 1e3 * med,
+        "images_per_s": batch_size / med,
+        "gflops": flops / med / 1e9,
+        "pct_peak": 100 * flops / med / 1e9 / peak,
+        "window_ms": [1e3 * t for t in times[name]],
+        "first_step_ms": 1e3 * first[name]}
+  if compare_torch:
+    result["torch_params"] = runners["torch"].params
+    result["ratio_jax_over_torch"] = (result["rows"]["jax"]["images_per_s"] /
+                                      result["rows"]["torch"]["images_per_s"])
+  return result
+
+
+def _machine() -> dict:
+  info = {"platform": platform.platform(), "python": platform.python_version(),
+          "jax": jax.__version__, "backend": jax.default_backend(),
+          "devices": jax.device_count(),
+          "device_kind": jax.devices()[0].device_kind}
+  try:
+    import os
+    info["load_avg"] = os.getloadavg()
+    info["cpu_count"] = os.cpu_count()
+    with open("/proc/cpuinfo") as f:
+      for line in f:
+        if line.startswith("model name"):
+          info["cpu"] = line.split(":", 1)[1].strip()
+          break
+  except OSError:
+    pass
+  try:
+    import torch
+    info["torch"] = torch.__version__
+  except ImportError:
+    pass
+  import flax
+  info["flax"] = flax.__version__
+  return info
+
+
+def format_table(r: dict) -> str:
+  """The human-readable report of `benchmark`'s result."""
+  m = r["model"]
+  prec = "bf16 compute" if r["half_precision"] else "fp32"
+  lines = [
+      f"{r['what']} step, batch {r['batch']}, {m['preset']} preset, width "
+      f"{m['width']}, {r['params']:,} params, {prec}; "
+      f"{r['machine'].get('cpu', '?')} ({r['machine']['backend']}, "
+      f"{r['machine']['devices']} device(s)), load avg "
+      f"{', '.join(f'{x:.2f}' for x in r['machine'].get('load_avg', ()))}",
+      f"compile {r['compile_s']:.1f} s; median of {r['windows']} windows x "
+      f"{r['steps_per_window']} steps; {r['flops_per_step'] / 1e9:.2f} "
+      f"GFLOP/step ({r['flops_source']}); matmul peak "
+      f"{r['matmul_peak_gflops']:.0f} GFLOP/s ({r['peak_size']}^2 fp32 "
+      "jnp.dot, this run)",
+      "",
+      f"{'':8s} {'images/s':>10s} {'ms/step':>10s} {'GFLOP/s':>9s} "
+      f"{'% peak':>7s} {'first ms':>9s}"]
+  for name, row in r["rows"].items():
+    lines.append(f"{name:8s} {row['images_per_s']:10.1f} "
+                 f"{row['ms_per_step']:10.1f} {row['gflops']:9.1f} "
+                 f"{row['pct_peak']:7.1f} {row['first_step_ms']:9.0f}")
+  if "ratio_jax_over_torch" in r:
+    lines.append(f"JAX / PyTorch: {r['ratio_jax_over_torch']:.2f}x")
+  return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- main
+
+
+def run_input(config, batch_size, as_json):
+  """--what=input: the pipeline next to a bare decode loop (input_benchmark)."""
+  from alexnet_jax import input_benchmark  # pylint: disable=g-import-not-at-top
+  try:
+    input_benchmark.run(config, batch_size=batch_size, as_json=as_json)
+  except input_pipeline.DataError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  return 0
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  if not FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)
+  config = FLAGS.config
+  if FLAGS.what == "input":
+    return run_input(config, FLAGS.batch or config.batch_size, FLAGS.json)
+  if FLAGS.compare_torch:
+    import_torch_or_exit()
+  try:
+    result = benchmark(config, what=FLAGS.what, batch_size=FLAGS.batch,
+                       compare_torch=FLAGS.compare_torch,
+                       windows=FLAGS.windows, steps=FLAGS.steps,
+                       min_window_s=FLAGS.min_window_s, warmup=FLAGS.warmup,
+                       torch_threads=FLAGS.torch_threads,
+                       peak_size=FLAGS.peak_size)
+  except (train.ConfigError, sharding.MeshError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  print(json.dumps(result) if FLAGS.json else format_table(result),
+        flush=True)
+  return 0
+
+
+if __name__ == "__main__":
+  # --compare-torch as spelled in the issue; absl spells it --compare_torch.
+  sys.argv = [a.replace("--compare-torch", "--compare_torch")
+              .replace("--nocompare-torch", "--nocompare_torch")
+              for a in sys.argv]
+  app.run(main)

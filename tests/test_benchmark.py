@@ -1,0 +1,104 @@
+"""The benchmark program runs in a tiny mode; nothing here asserts a time."""
+
+import importlib.util
+import json
+import math
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import pytest
+from flax import nnx
+from jax import lax
+
+from alexnet_jax import benchmark
+from alexnet_jax import model as model_lib
+from configs import default, smoke
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+HAS_TORCH = importlib.util.find_spec("torch") is not None
+TINY = ["--config=configs/smoke.py", "--batch=4", "--windows=1", "--steps=2",
+        "--warmup=1", "--peak_size=512"]
+
+
+def run_benchmark(*args):
+  # One CPU device and the project's default flags, not the tests' 8 fakes.
+  env = dict(os.environ, XLA_FLAGS="--xla_cpu_experimental_ynn_fusion_type=",
+             JAX_PLATFORMS="cpu")
+  return subprocess.run([sys.executable, "-m", "alexnet_jax.benchmark",
+                         *args], cwd=ROOT, env=env, capture_output=True,
+                        text=True, check=False)
+
+
+def test_tiny_train_benchmark_runs_and_prints_its_table():
+  args = TINY + ["--json"] + (["--compare-torch"] if HAS_TORCH else [])
+  proc = run_benchmark("--what=train", *args)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  result = json.loads(proc.stdout)
+  table = benchmark.format_table(result)  # What the run prints without --json.
+  print(table)
+  assert result["what"] == "train" and result["batch"] == 4
+  assert result["params"] == model_lib.count_params(model_lib.from_config(
+      smoke.get_config().model, rngs=nnx.Rngs(0)))
+  assert result["flops_per_step"] > 0 and result["compile_s"] > 0
+  assert result["rows"]["jax"]["images_per_s"] > 0
+  assert len(result["rows"]["jax"]["window_ms"]) == 1
+  assert "images/s" in table and "GFLOP/s" in table and "compile" in table
+  assert table.splitlines()[4].split()[0] == "jax"
+  if HAS_TORCH:
+    assert result["torch_params"] == result["params"]
+    assert table.splitlines()[5].split()[0] == "torch"
+    assert "JAX / PyTorch:" in table
+
+
+def test_flop_count_of_one_grouped_conv_and_one_dot():
+  x = jnp.zeros((2, 9, 9, 8))
+  k = jnp.zeros((3, 3, 4, 6))  # Two groups of 4 -> 3 channels.
+  w = jnp.zeros((8, 5))
+
+  def f(x, k, w):
+    y = lax.conv_general_dilated(x, k, (1, 1), "SAME",
+                                 dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                                 feature_group_count=2)
+    return y, x[:, 0, 0, :] @ w
+
+  flops = benchmark.count_flops(jax.make_jaxpr(f)(x, k, w).jaxpr)
+  assert flops == 2 * (2 * 9 * 9 * 6) * (3 * 3 * 4) + 2 * (2 * 5) * 8
+
+
+def test_paper_forward_flops_are_the_known_count():
+  # conv 1-5 and fc 6-8 multiply-adds of the two-tower paper net at 227.
+  # Abstract parameters: tracing needs shapes only.
+  model = nnx.eval_shape(lambda: model_lib.AlexNet(rngs=nnx.Rngs(0)))
+  model.eval()
+  graph, state = nnx.split(model)
+  x = jax.ShapeDtypeStruct((1, 227, 227, 3), jnp.float32)
+  forward = lambda state, x: nnx.merge(graph, state)(x)
+  flops = benchmark.count_flops(jax.make_jaxpr(forward)(state, x).jaxpr)
+  macs = (55 * 55 * 96 * 11 * 11 * 3 + 27 * 27 * 256 * 5 * 5 * 48
+          + 13 * 13 * 384 * 3 * 3 * 256 + 13 * 13 * 384 * 3 * 3 * 192
+          + 13 * 13 * 256 * 3 * 3 * 192 + 9216 * 4096 + 4096 * 4096
+          + 4096 * 1000)
+  assert flops == 2 * macs
+
+
+@pytest.mark.skipif(not HAS_TORCH, reason="torch is not installed")
+@pytest.mark.parametrize("override", [{}, {"preset": "cifar", "width": 0.5,
+                                           "num_classes": 10}])
+def test_torch_peer_has_the_same_parameters_and_output_shape(override):
+  import torch
+  config = default.get_config()
+  config.model.update(override)
+  net = benchmark.torch_alexnet(config)
+  abstract = nnx.eval_shape(
+      lambda: model_lib.from_config(config.model, rngs=nnx.Rngs(0)))
+  jax_params = sum(math.prod(p.shape) for p in jax.tree.leaves(
+      nnx.state(abstract, nnx.Param)))
+  assert sum(p.numel() for p in net.parameters()) == jax_params
+  size = model_lib.input_size(config.model)
+  net.eval()
+  with torch.inference_mode():
+    out = net(torch.zeros(1, 3, size, size))
+  assert tuple(out.shape) == (1, config.model.num_classes)

@@ -1,0 +1,224 @@
+"""The fast formulations in model.py against straightforward references.
+
+References: the LRN formula with shifted slices and a plain power,
+pooling with `lax.reduce_window` (XLA's select-and-scatter gradient), and
+grouped convolution with `feature_group_count`. Where the tolerance matters
+the reference runs in float64 (`jax.enable_x64`). Tolerances:
+- float64 fast path vs float64 reference: rtol 1e-12 (same mathematics).
+- float32 fast path vs float64 reference: rtol 2e-6 on outputs, 1e-5 on
+  gradients (a few float32 ulps through the window sums).
+- max pooling: outputs identical; gradients go to the same elements, and
+  equal up to the order in which overlapping windows' gradients are summed.
+"""
+
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+from jax import lax
+
+from alexnet_jax import model as model_lib
+from alexnet_jax.model import local_response_norm, max_pool
+
+DN = ("NHWC", "HWIO", "NHWC")
+
+
+def lrn_reference(x, *, groups=1, n=5, k=2.0, alpha=1e-4, beta=0.75):
+  """The paper's formula: shifted slices of x^2 inside each tower, pow."""
+  *lead, c = x.shape
+  xg = x.reshape(*lead, groups, c // groups)
+  r = n // 2
+  sq = jnp.pad(xg * xg, ((0, 0),) * (xg.ndim - 1) + ((r, n - 1 - r),))
+  s = sum(sq[..., i:i + c // groups] for i in range(n))
+  return (xg / (k + alpha * s) ** beta).reshape(x.shape)
+
+
+def pool_reference(x, window, stride):
+  return lax.reduce_window(x, -jnp.inf, lax.max, (1, window, window, 1),
+                           (1, stride, stride, 1), "VALID")
+
+
+def conv_reference(x, kernel, *, stride=1, padding=((0, 0), (0, 0)),
+                   groups=1):
+  return lax.conv_general_dilated(x, kernel, (stride, stride), padding,
+                                  dimension_numbers=DN,
+                                  feature_group_count=groups)
+
+
+def value_and_vjp(f, x, g):
+  y, vjp = jax.vjp(jax.jit(f), x)
+  return y, jax.jit(vjp)(g)[0]
+
+
+# ---------------------------------------------------------------- LRN
+
+LRN_CASES = [dict(groups=2), dict(groups=1), dict(groups=2, n=3, beta=0.6),
+             dict(groups=4, k=1.0, alpha=2e-3, beta=0.75)]
+
+
+@pytest.mark.parametrize("kw", LRN_CASES)
+def test_lrn_float64_is_the_formula(kw):
+  with jax.enable_x64(True):
+    x = jax.random.uniform(jax.random.key(0), (2, 5, 4, 24), jnp.float64,
+                           maxval=80.0)
+    g = jax.random.normal(jax.random.key(1), x.shape, jnp.float64)
+    y, dx = value_and_vjp(lambda v: local_response_norm(v, **kw), x, g)
+    y_ref, dx_ref = value_and_vjp(lambda v: lrn_reference(v, **kw), x, g)
+    assert y.dtype == dx.dtype == jnp.float64
+    np.testing.assert_allclose(y, y_ref, rtol=1e-12)
+    np.testing.assert_allclose(dx, dx_ref, rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.parametrize("kw", LRN_CASES)
+def test_lrn_float32_against_float64_reference(kw):
+  x = jax.random.uniform(jax.random.key(2), (2, 7, 6, 48), maxval=80.0)
+  g = jax.random.normal(jax.random.key(3), x.shape)
+  y, dx = value_and_vjp(lambda v: local_response_norm(v, **kw), x, g)
+  with jax.enable_x64(True):
+    y_ref, dx_ref = value_and_vjp(
+        lambda v: lrn_reference(v, **kw), jnp.asarray(x, jnp.float64),
+        jnp.asarray(g, jnp.float64))
+  np.testing.assert_allclose(y, y_ref, rtol=2e-6)
+  np.testing.assert_allclose(dx, dx_ref, rtol=1e-5,
+                             atol=1e-6 * np.abs(dx_ref).max())
+
+
+def test_lrn_forward_mode_and_second_order():
+  # The hand-written derivative is a JVP, so jvp and hessians work too.
+  with jax.enable_x64(True):
+    x = jax.random.uniform(jax.random.key(4), (1, 2, 2, 8), jnp.float64,
+                           maxval=60.0)
+    t = jax.random.normal(jax.random.key(5), x.shape, jnp.float64)
+    f = lambda v: local_response_norm(v, groups=2)
+    ref = lambda v: lrn_reference(v, groups=2)
+    np.testing.assert_allclose(jax.jvp(f, (x,), (t,))[1],
+                               jax.jvp(ref, (x,), (t,))[1], rtol=1e-12)
+    h = jax.hessian(lambda v: jnp.sum(f(v) ** 2))(x)
+    h_ref = jax.hessian(lambda v: jnp.sum(ref(v) ** 2))(x)
+    np.testing.assert_allclose(h, h_ref, rtol=1e-10, atol=1e-14)
+
+
+def test_lrn_keeps_bfloat16():
+  x = jnp.ones((1, 2, 2, 8), jnp.bfloat16) * 30
+  y = local_response_norm(x, groups=2)
+  assert y.dtype == jnp.bfloat16
+  np.testing.assert_allclose(np.asarray(y, np.float32),
+                             lrn_reference(x.astype(jnp.float32), groups=2),
+                             rtol=2e-2)
+
+
+# ---------------------------------------------------------------- pooling
+
+POOL_CASES = [((2, 55, 55, 8), 3, 2), ((2, 27, 27, 6), 3, 2),
+              ((2, 13, 13, 4), 3, 2), ((2, 14, 15, 3), 2, 2),
+              ((1, 9, 10, 2), 3, 3), ((1, 8, 8, 2), 2, 1),
+              ((1, 3, 3, 2), 3, 2)]
+
+
+@pytest.mark.parametrize("shape,window,stride", POOL_CASES)
+def test_max_pool_matches_reduce_window(shape, window, stride):
+  # Rounded ReLU outputs: many ties (zeros above all) in every window.
+  x = jnp.round(3 * jax.nn.relu(jax.random.normal(jax.random.key(6), shape)))
+  y_ref = pool_reference(x, window, stride)
+  g = jax.random.normal(jax.random.key(7), y_ref.shape)
+  y, dx = value_and_vjp(lambda v: max_pool(v, window, stride), x, g)
+  _, dx_ref = value_and_vjp(lambda v: pool_reference(v, window, stride), x,
+                            g)
+  np.testing.assert_array_equal(y, y_ref)
+  # Ties go to the same element (the first maximum in row-major order).
+  np.testing.assert_array_equal(dx != 0, dx_ref != 0)
+  np.testing.assert_allclose(dx, dx_ref, rtol=1e-6, atol=1e-6)
+
+
+def test_max_pool_gradient_float64_exact():
+  with jax.enable_x64(True):
+    x = jax.random.normal(jax.random.key(8), (2, 27, 27, 4), jnp.float64)
+    g = jax.random.normal(jax.random.key(9), (2, 13, 13, 4), jnp.float64)
+    _, dx = value_and_vjp(lambda v: max_pool(v, 3, 2), x, g)
+    _, dx_ref = value_and_vjp(lambda v: pool_reference(v, 3, 2), x, g)
+    assert dx.dtype == jnp.float64
+    np.testing.assert_allclose(dx, dx_ref, rtol=1e-14, atol=1e-15)
+
+
+def test_max_pool_nonfinite_and_bfloat16():
+  x = jnp.full((1, 5, 5, 2), -jnp.inf).at[0, 1, 1, 0].set(1.0)
+  np.testing.assert_array_equal(max_pool(x, 3, 2), pool_reference(x, 3, 2))
+  xb = jax.random.normal(jax.random.key(10), (1, 7, 7, 3)).astype(
+      jnp.bfloat16)
+  y = max_pool(xb, 3, 2)
+  assert y.dtype == jnp.bfloat16
+  np.testing.assert_array_equal(y, pool_reference(xb, 3, 2))
+
+
+# ---------------------------------------------------------------- conv
+
+
+@pytest.mark.parametrize("groups,stride,k", [(2, 1, 3), (2, 1, 5), (1, 4, 11),
+                                             (4, 2, 3)])
+def test_conv_against_feature_group_count_float64(groups, stride, k):
+  with jax.enable_x64(True):
+    kx, kk, kg = jax.random.split(jax.random.key(11), 3)
+    x = jax.random.normal(kx, (2, 23, 23, 8), jnp.float64)
+    kernel = jax.random.normal(kk, (k, k, 8 // groups, 12), jnp.float64)
+    pad = ((k // 2, k // 2),) * 2
+    f = lambda x, w: model_lib.conv(x, w, stride=stride, padding=pad,
+                                    groups=groups)
+    ref = lambda x, w: conv_reference(x, w, stride=stride, padding=pad,
+                                      groups=groups)
+    y, vjp = jax.vjp(jax.jit(f), x, kernel)
+    y_ref, vjp_ref = jax.vjp(jax.jit(ref), x, kernel)
+    g = jax.random.normal(kg, y.shape, jnp.float64)
+    np.testing.assert_allclose(y, y_ref, rtol=1e-12, atol=1e-12)
+    for a, b in zip(vjp(g), vjp_ref(g)):
+      np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-11)
+
+
+# ---------------------------------------------------------------- the model
+
+
+def test_model_gradients_match_reference_formulations(monkeypatch):
+  """The whole train loss: fast paths vs the references, in float64."""
+  with jax.enable_x64(True):
+    model = model_lib.AlexNet(preset="cifar", width=0.25, num_classes=10,
+                              dropout_rate=0.0, init="he",
+                              dtype=jnp.float64, rngs=nnx.Rngs(0))
+    model.eval()
+    graph, params, rest = nnx.split(model, nnx.Param, ...)
+    x = 30 * jax.random.normal(jax.random.key(12), (4, 32, 32, 3),
+                               jnp.float64)
+    labels = jnp.arange(4) % 10
+
+    def loss(params):
+      logits = nnx.merge(graph, params, rest)(x)
+      return jnp.mean(-jax.nn.log_softmax(logits)[jnp.arange(4), labels])
+
+    fast = jax.jit(jax.value_and_grad(loss))(params)
+    monkeypatch.setattr(model_lib, "local_response_norm", lrn_reference)
+    monkeypatch.setattr(model_lib, "max_pool", pool_reference)
+    monkeypatch.setattr(model_lib, "conv", conv_reference)
+    ref = jax.jit(jax.value_and_grad(loss))(params)
+  fast, ref = jax.tree.map(np.asarray, (fast, ref))
+  np.testing.assert_allclose(fast[0], ref[0], rtol=1e-6)
+  for a, b in zip(jax.tree.leaves(fast[1]), jax.tree.leaves(ref[1])):
+    np.testing.assert_allclose(a, b, rtol=1e-6,
+                               atol=1e-6 * np.abs(b).max() + 1e-12)
+
+
+# ---------------------------------------------------------------- flags
+
+
+def test_import_sets_cpu_flags_only_when_unset():
+  code = "import os, alexnet_jax; print(os.environ.get('XLA_FLAGS'))"
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  out = subprocess.run([sys.executable, "-c", code], env=env,
+                       capture_output=True, text=True, check=True).stdout
+  assert out.strip() == "--xla_cpu_experimental_ynn_fusion_type="
+  env["XLA_FLAGS"] = "--xla_dump_to=/tmp/x"
+  out = subprocess.run([sys.executable, "-c", code], env=env,
+                       capture_output=True, text=True, check=True).stdout
+  assert out.strip() == "--xla_dump_to=/tmp/x"
