@@ -139,6 +139,9 @@ def create_mesh(mesh_config: ml_collections.ConfigDict,
     raise MeshError(f"mesh.model must be 1 (data parallel) or 2 (the "
                     f"paper's two-device tower split), got {model}")
   if data == -1:
+    if n % model:
+      raise MeshError(f"mesh.model={model} needs a device count divisible "
+                      f"by {model}, this run has {n}")
     data = n // model
   if data < 1 or data * model != n:
     raise MeshError(f"mesh {data}x{model} (data x model) needs "

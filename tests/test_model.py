@@ -15,16 +15,24 @@ from alexnet_jax.model import AlexNet, count_params, local_response_norm
 HAS_TORCH = importlib.util.find_spec("torch") is not None
 
 
-def stage_shapes(model, image_size, batch=2):
-  model.eval()  # Dropout's RNG may not be advanced inside eval_shape.
-  x = jax.ShapeDtypeStruct((batch, image_size, image_size, 3), jnp.float32)
-  acts = jax.eval_shape(lambda x: model(x, return_activations=True)[1], x)
-  return {k: v.shape[1:] for k, v in acts.items()}
+def abstract(**kwargs):
+  """The model with shapes only: no weights drawn (quick for 60M params)."""
+  return nnx.eval_shape(lambda: AlexNet(rngs=nnx.Rngs(0), **kwargs))
+
+
+def stage_shapes(size, batch=2, **kwargs):
+  """Each stage's output shape, traced abstractly (no weights drawn)."""
+  def forward():
+    model = AlexNet(rngs=nnx.Rngs(0), **kwargs)
+    model.eval()
+    x = jnp.zeros((batch, size, size, 3))
+    return model(x, return_activations=True)[1]
+  return {k: v.shape[1:] for k, v in jax.eval_shape(forward).items()}
 
 
 def test_parameter_counts():
-  assert count_params(AlexNet(rngs=nnx.Rngs(0))) == 60_965_224
-  tv = AlexNet(preset="torchvision", rngs=nnx.Rngs(0))
+  assert count_params(abstract()) == 60_965_224
+  tv = abstract(preset="torchvision")
   assert tv.towers == 1 and tv.norm == "none"
   assert count_params(tv) == 61_100_840
 
@@ -39,8 +47,8 @@ PAPER_STAGES = {
 @pytest.mark.parametrize("pool", ["overlap", "nonoverlap"])
 @pytest.mark.parametrize("image_size", [227, 224])
 def test_stage_shapes(pool, image_size):
-  model = AlexNet(pool=pool, image_size=image_size, rngs=nnx.Rngs(0))
-  assert stage_shapes(model, image_size) == PAPER_STAGES
+  assert stage_shapes(image_size, pool=pool,
+                      image_size=image_size) == PAPER_STAGES
 
 
 def test_224_input_pads_bottom_right_only():
@@ -51,16 +59,14 @@ def test_224_input_pads_bottom_right_only():
 
 
 def test_cifar_preset_shapes_and_num_classes():
-  model = AlexNet(preset="cifar", num_classes=10, rngs=nnx.Rngs(0))
-  shapes = stage_shapes(model, 32)
+  shapes = stage_shapes(32, preset="cifar", num_classes=10)
   assert shapes["conv1"] == (32, 32, 96)
   assert shapes["pool5"] == (3, 3, 256)
   assert shapes["fc8"] == (10,)
 
 
 def test_width_scales_every_layer_in_multiples_of_towers():
-  model = AlexNet(width=0.5, num_classes=7, rngs=nnx.Rngs(0))
-  shapes = stage_shapes(model, 227)
+  shapes = stage_shapes(227, width=0.5, num_classes=7)
   assert [shapes[k][-1] for k in ("conv1", "conv2", "conv3", "conv4", "conv5",
                                   "fc6", "fc7", "fc8")] == [
                                       48, 128, 192, 192, 128, 2048, 2048, 7]
@@ -226,14 +232,18 @@ def test_norm_variants_build_and_run(norm):
 
 
 def test_one_tower_and_tanh_variants():
-  model = AlexNet(towers=1, activation="tanh", rngs=nnx.Rngs(0))
+  model = abstract(towers=1, activation="tanh")
   assert model.conv2.kernel.shape == (5, 5, 96, 256)
   # One tower with full conv2/4/5: more parameters than the grouped paper net.
   assert count_params(model) == 60_965_224 + 5 * 5 * 48 * 256 + 3 * 3 * 192 * (
       384 + 256)
-  model.eval()
-  y = model(jnp.ones((1, 227, 227, 3)))
-  assert y.shape == (1, 1000)
+  assert stage_shapes(227, batch=1, towers=1, activation="tanh")["fc8"] == (
+      1000,)
+  small = AlexNet(preset="cifar", width=0.25, towers=1, activation="tanh",
+                  num_classes=10, rngs=nnx.Rngs(0))
+  small.eval()
+  y = small(jnp.ones((2, 32, 32, 3)))
+  assert y.shape == (2, 10) and bool(jnp.all(jnp.isfinite(y)))
 
 
 def test_half_precision_computes_in_bfloat16_with_float32_params():

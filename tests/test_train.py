@@ -1,6 +1,7 @@
 """The optimizer against the paper's update, and the training entry point."""
 
 import json
+import os
 import pathlib
 import subprocess
 import sys
@@ -155,8 +156,12 @@ def test_train_and_evaluate_on_8_devices_counts_every_eval_example(tmp_path):
 
 
 def run_main(*args, timeout=300):
+  # One device, as the README's smoke command runs (quicker than 8 fakes).
+  env = dict(os.environ, XLA_FLAGS=(
+      "--xla_force_host_platform_device_count=1 "
+      "--xla_cpu_experimental_ynn_fusion_type="))
   return subprocess.run([sys.executable, "-m", "alexnet_jax.main", *args],
-                        cwd=ROOT, capture_output=True, text=True,
+                        cwd=ROOT, env=env, capture_output=True, text=True,
                         timeout=timeout)
 
 
@@ -175,7 +180,8 @@ def test_smoke_run_exits_zero_and_learns(tmp_path):
 @pytest.mark.parametrize("flag,message", [
     ("--config.model.norm=layer", "model.norm"),
     ("--config.mesh.data=3", "mesh 3x1"),
-    ("--config.batch_size=30", "not divisible"),
+    ("--config.mesh.model=2", "divisible by 2, this run has 1"),
+    ("--config.batch_size=0", "batch_size must be positive"),
 ])
 def test_bad_config_values_give_one_line(tmp_path, flag, message):
   proc = run_main("--config=configs/smoke.py", f"--workdir={tmp_path}", flag)
