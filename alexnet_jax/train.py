@@ -243,9 +243,6 @@ def steps_for(config, num_train_examples: int) -> tuple[int, int]:
 def _validate(config):
   if config.batch_size < 1:
     raise ConfigError(f"batch_size must be positive, got {config.batch_size}")
-  if config.batch_size % jax.device_count():
-    raise ConfigError(f"batch_size {config.batch_size} is not divisible by "
-                      f"the {jax.device_count()} devices")
   for name in ("log_every_steps", "checkpoint_every_steps",
                "max_checkpoints_to_keep"):
     if config[name] < 1:
@@ -269,6 +266,10 @@ def setup(config: ml_collections.ConfigDict) -> Run:
   """Mesh, model and optimizer states placed on it, and the jitted steps."""
   _validate(config)
   mesh = sharding.create_mesh(config.mesh)
+  if config.batch_size % mesh.shape[sharding.DATA]:
+    # The towers of a pair see the same rows: only `data` splits the batch.
+    raise ConfigError(f"batch_size {config.batch_size} is not divisible by "
+                      f"the mesh's {mesh.shape[sharding.DATA]} data shards")
   with jax.set_mesh(mesh):
     model, optimizer, eval_graph = create_train_state(config)
     model_graph, model_state = nnx.split(model)

@@ -141,6 +141,16 @@ def test_unknown_config_option_is_rejected():
     default.get_config("fast")
 
 
+def test_batch_must_split_over_the_data_axis_only():
+  config = smoke.get_config()
+  config.batch_size = 4  # 8 devices as 4 data shards x 2 towers: fits.
+  config.mesh.model = 2
+  assert train.setup(config).mesh.shape["data"] == 4
+  config.batch_size = 6
+  with pytest.raises(train.ConfigError, match="4 data shards"):
+    train.setup(config)
+
+
 def test_train_and_evaluate_on_8_devices_counts_every_eval_example(tmp_path):
   config = smoke.get_config()
   config.num_train_steps = 3
