@@ -29,7 +29,6 @@ use the same FLOP count. torch is optional.
 
 from __future__ import annotations
 
-import inspect
 import json
 import math
 import platform
@@ -46,7 +45,6 @@ import alexnet_jax  # noqa: F401  (sets the XLA:CPU flags before jax starts)
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 
 from alexnet_jax import input_pipeline
 from alexnet_jax import model as model_lib
@@ -130,25 +128,10 @@ class JaxStep:
 
   def __init__(self, config, what: str, batch_size: int):
     self.what = what
-    if hasattr(train, "setup"):  # What train_and_evaluate itself runs.
-      run = train.setup(config)
-      mesh, self.params = run.mesh, run.num_params
-      self.model_state, self.opt_state = run.model_state, run.opt_state
-      train_step, eval_step = run.train_step, run.eval_step
-    else:  # The foundation's API: create_train_state + split + make_steps.
-      mesh = sharding.create_mesh(config.mesh)
-      with jax.set_mesh(mesh):
-        model, optimizer, eval_graph = train.create_train_state(
-            config, max(1, config.data.num_train_examples // batch_size))
-        self.params = model_lib.count_params(model)
-        model_graph, self.model_state = nnx.split(model)
-        opt_graph, self.opt_state = nnx.split(optimizer)
-        self.model_state = jax.device_put(
-            self.model_state, sharding.state_shardings(self.model_state, mesh))
-        self.opt_state = jax.device_put(
-            self.opt_state, sharding.state_shardings(self.opt_state, mesh))
-      train_step, eval_step = train.make_steps(model_graph, opt_graph,
-                                               eval_graph)
+    run = train.setup(config)  # What train_and_evaluate itself runs.
+    mesh, self.params = run.mesh, run.num_params
+    self.model_state, self.opt_state = run.model_state, run.opt_state
+    train_step, eval_step = run.train_step, run.eval_step
     self.mesh = mesh
     size = model_lib.input_size(config.model)
     rng = np.random.default_rng(0)
@@ -161,10 +144,7 @@ class JaxStep:
       self.batch = jax.device_put(batch, sharding.batch_sharding(mesh))
       if what == "train":
         fn = train_step
-        self.extra = ()
-        # Newer train steps take the learning rate as an argument.
-        if "learning_rate" in inspect.signature(train_step).parameters:
-          self.extra = (jnp.float32(config.optim.learning_rate),)
+        self.extra = (jnp.float32(config.optim.learning_rate),)
         args = (self.model_state, self.opt_state, self.batch, *self.extra)
       else:
         fn = eval_step
