@@ -26,8 +26,6 @@ max-pooling avoids its slow select-and-scatter (see each function).
 
 from __future__ import annotations
 
-import functools
-
 import dataclasses
 
 import jax
@@ -150,34 +148,43 @@ def max_pool(x: jax.Array, window: int, stride: int) -> jax.Array:
                              "VALID")
   s = stride
   every = lambda k, size: slice(k, k + s * (size - 1) + 1, s)
+  index = jnp.int16 if h * window < 2 ** 15 else jnp.int32
+
+  def pick_first_max(a, b):  # Larger value; on a tie, the lower index.
+    (av, ai), (bv, bi) = a, b
+    first = (av > bv) | ((av == bv) & (ai < bi)) | (
+        (av != av) & ((bv == bv) | (ai < bi)))  # NaN wins, as in max.
+    return lax.select(first, av, bv), lax.select(first, ai, bi)
 
   def forward(v):
-    # Max over the columns of each window (strided slices, one fused loop),
-    # then over its rows with a reduce-window. XLA duplicates cheap
-    # elementwise producers into each consumer, so an all-slices max was
-    # recomputed, taps and all, inside the transposes that feed the next
-    # layer's weight gradient (~50 ms each at batch 64); a reduce-window is
-    # written once.
-    cols = [v[:, :, every(j, wo)] for j in range(window)]
-    y = functools.reduce(jnp.maximum, cols)
-    return lax.reduce_window(y, jnp.array(-jnp.inf, v.dtype), lax.max,
-                             (1, window, 1, 1), (1, s, 1, 1), "VALID")
+    """The pooled values, and which tap (i * window + j) holds each first max.
 
-  def first_max(v):  # Which tap (row-major) holds each window's first max.
-    taps = [v[:, every(i, ho), every(j, wo)]
-            for i in range(window) for j in range(window)]
-    best, arg = taps[0], jnp.zeros(taps[0].shape, jnp.int8)
-    for k, t in enumerate(taps[1:], 1):
-      arg = jnp.where(t > best, jnp.int8(k), arg)  # Ties keep the earlier.
-      best = jnp.maximum(best, t)
-    return arg
+    Columns first: the max over each window's columns (strided slices, one
+    fused loop) and its column j; then the rows: a reduce-window over
+    (value, r * window + j) pairs, r the input row. XLA duplicates cheap
+    elementwise producers into every consumer: an all-slices max was
+    recomputed, taps and all, inside the transposes that feed the next
+    layer's weight gradient, and the tap index inside each phase of the
+    backward pass; a reduce-window's outputs are written once.
+    """
+    cols = [v[:, :, every(j, wo)] for j in range(window)]
+    z, col = cols[0], jnp.zeros(cols[0].shape, index)
+    for j, t in enumerate(cols[1:], 1):
+      col = jnp.where(t > z, index(j), col)  # Ties keep the earlier column.
+      z = jnp.maximum(z, t)
+    tap = lax.broadcasted_iota(index, z.shape, 1) * window + col
+    y, tap = lax.reduce_window(
+        (z, tap), (jnp.array(-jnp.inf, v.dtype), index(jnp.iinfo(index).max)),
+        pick_first_max, (1, window, 1, 1), (1, s, 1, 1), "VALID")
+    first_row = lax.broadcasted_iota(index, y.shape, 1) * (s * window)
+    return y, tap - first_row
 
   @jax.custom_vjp
   def pool(v):
-    return forward(v)
+    return forward(v)[0]
 
   def pool_fwd(v):
-    return forward(v), first_max(v)  # One byte per output as residual.
+    return forward(v)  # The tap index (2 bytes per output) as residual.
 
   # Rows and columns split into `stride` phases: x[s*m + r] is phase r, row
   # m. Tap (i, j) of every window lands in one phase at a fixed shift, so
