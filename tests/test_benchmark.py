@@ -33,7 +33,8 @@ def run_benchmark(*args):
 
 
 def test_tiny_train_benchmark_runs_and_prints_its_table():
-  args = TINY + ["--json"] + (["--compare-torch"] if HAS_TORCH else [])
+  args = TINY + ["--json"] + (["--compare-torch", "--torch_lrn=both"]
+                              if HAS_TORCH else [])
   proc = run_benchmark("--what=train", *args)
   assert proc.returncode == 0, proc.stderr[-2000:]
   result = json.loads(proc.stdout)
@@ -50,7 +51,9 @@ def test_tiny_train_benchmark_runs_and_prints_its_table():
   if HAS_TORCH:
     assert result["torch_params"] == result["params"]
     assert table.splitlines()[5].split()[0] == "torch"
-    assert "JAX / PyTorch:" in table
+    assert table.splitlines()[6].split()[0] == "torch_module"
+    assert "JAX / PyTorch:" in table and "LocalResponseNorm" in table
+    assert result["ratio_jax_over_torch_module"] > 0
 
 
 def test_flop_count_of_one_grouped_conv_and_one_dot():
@@ -102,3 +105,19 @@ def test_torch_peer_has_the_same_parameters_and_output_shape(override):
   with torch.inference_mode():
     out = net(torch.zeros(1, 3, size, size))
   assert tuple(out.shape) == (1, config.model.num_classes)
+
+
+@pytest.mark.skipif(not HAS_TORCH, reason="torch is not installed")
+@pytest.mark.parametrize("lrn", ["slices", "module"])
+def test_torch_peer_lrn_matches_the_model_lrn(lrn):
+  import numpy as np
+  import torch
+  net = benchmark.torch_alexnet(default.get_config(), lrn)
+  norms = [m for m in net if type(m).__name__ in ("SliceLRN", "TowerLRN")]
+  assert len(norms) == 2  # After conv1 and conv2.
+  x = 20 * np.random.default_rng(0).standard_normal((2, 9, 9, 96))
+  ours = model_lib.local_response_norm(jnp.asarray(x, jnp.float32), groups=2)
+  with torch.inference_mode():
+    theirs = norms[0](torch.from_numpy(x.transpose(0, 3, 1, 2)).float())
+  np.testing.assert_allclose(theirs.numpy().transpose(0, 2, 3, 1), ours,
+                             rtol=2e-5, atol=1e-6)
