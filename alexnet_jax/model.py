@@ -218,29 +218,44 @@ def max_pool(x: jax.Array, window: int, stride: int) -> jax.Array:
 
 
 def channel_sum(g: jax.Array) -> jax.Array:
-  """Sums an (..., W, C) array over every axis but the last, in float32.
+  """Sums an (..., W, C) array over every axis but the last (>= float32).
 
   As a sum of rows of the (-1, W*C) view, then over W: XLA:CPU turns a
   plain sum over (N, H, W) into a slow tree of reduce-windows (54 ms for
   conv1's 64x55x55x96 gradient, against 2 ms this way).
   """
-  g = g.astype(jnp.float32)
+  g = g.astype(jnp.promote_types(g.dtype, jnp.float32))
   if g.ndim <= 2:
     return g.reshape(-1, g.shape[-1]).sum(0)
   w, c = g.shape[-2:]
   return g.reshape(-1, w * c).sum(0).reshape(w, c).sum(0)
 
 
-@jax.custom_vjp
+def _varying_axes(x: jax.Array) -> frozenset:
+  """The shard_map axes over which x varies (none outside shard_map)."""
+  return jax.typeof(x).manual_axis_type.varying
+
+
 def add_bias(y: jax.Array, bias: jax.Array) -> jax.Array:
   """y + bias over the last axis (same dtype); d bias is a `channel_sum`."""
   if y.dtype != bias.dtype:
     raise TypeError(f"add_bias: {y.dtype} activations, {bias.dtype} bias")
+  # Under shard_map a bias replicated over `data` meets rows that vary over
+  # it: mark it varying, as `y + bias` does implicitly, so that autodiff
+  # sums its gradient over the axis (a custom VJP must return it invariant).
+  axes = _varying_axes(y) - _varying_axes(bias)
+  if axes:
+    bias = lax.pcast(bias, tuple(sorted(axes)), to="varying")
+  return _add_bias(y, bias)
+
+
+@jax.custom_vjp
+def _add_bias(y: jax.Array, bias: jax.Array) -> jax.Array:
   return y + bias
 
 
-add_bias.defvjp(lambda y, bias: (add_bias(y, bias), None),
-                lambda _, g: (g, channel_sum(g).astype(g.dtype)))
+_add_bias.defvjp(lambda y, bias: (y + bias, None),
+                 lambda _, g: (g, channel_sum(g).astype(g.dtype)))
 
 
 def conv(x: jax.Array, kernel: jax.Array, *, stride: int = 1,

@@ -20,34 +20,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
-from jax import lax
 
 from alexnet_jax import model as model_lib
+from alexnet_jax import reference
 from alexnet_jax.model import local_response_norm, max_pool
 
-DN = ("NHWC", "HWIO", "NHWC")
-
-
-def lrn_reference(x, *, groups=1, n=5, k=2.0, alpha=1e-4, beta=0.75):
-  """The paper's formula: shifted slices of x^2 inside each tower, pow."""
-  *lead, c = x.shape
-  xg = x.reshape(*lead, groups, c // groups)
-  r = n // 2
-  sq = jnp.pad(xg * xg, ((0, 0),) * (xg.ndim - 1) + ((r, n - 1 - r),))
-  s = sum(sq[..., i:i + c // groups] for i in range(n))
-  return (xg / (k + alpha * s) ** beta).reshape(x.shape)
-
-
-def pool_reference(x, window, stride):
-  return lax.reduce_window(x, -jnp.inf, lax.max, (1, window, window, 1),
-                           (1, stride, stride, 1), "VALID")
-
-
-def conv_reference(x, kernel, *, stride=1, padding=((0, 0), (0, 0)),
-                   groups=1):
-  return lax.conv_general_dilated(x, kernel, (stride, stride), padding,
-                                  dimension_numbers=DN,
-                                  feature_group_count=groups)
+lrn_reference = reference.local_response_norm
+pool_reference = reference.max_pool
+conv_reference = reference.conv
 
 
 def value_and_vjp(f, x, g):
@@ -153,6 +133,29 @@ def test_max_pool_nonfinite_and_bfloat16():
   y = max_pool(xb, 3, 2)
   assert y.dtype == jnp.bfloat16
   np.testing.assert_array_equal(y, pool_reference(xb, 3, 2))
+
+
+# ---------------------------------------------------------------- bias
+
+
+@pytest.mark.parametrize("shape", [(3, 7, 5, 6), (4, 10), (2, 3, 4, 5, 6)])
+def test_bias_gradient_is_the_plain_sum_float64(shape):
+  with jax.enable_x64(True):
+    y = jax.random.normal(jax.random.key(13), shape, jnp.float64)
+    b = jax.random.normal(jax.random.key(14), shape[-1:], jnp.float64)
+    g = jax.random.normal(jax.random.key(15), shape, jnp.float64)
+    out, vjp = jax.vjp(jax.jit(model_lib.add_bias), y, b)
+    out_ref, vjp_ref = jax.vjp(lambda y, b: y + b, y, b)
+    (dy, db), (dy_ref, db_ref) = vjp(g), vjp_ref(g)
+    assert db.dtype == jnp.float64
+    np.testing.assert_array_equal(out, out_ref)
+    np.testing.assert_array_equal(dy, dy_ref)
+    np.testing.assert_allclose(db, db_ref, rtol=1e-13)
+
+
+def test_bias_add_refuses_mixed_dtypes():
+  with pytest.raises(TypeError, match="bfloat16"):
+    model_lib.add_bias(jnp.ones((2, 3), jnp.bfloat16), jnp.ones(3))
 
 
 # ---------------------------------------------------------------- conv

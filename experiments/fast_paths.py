@@ -1,0 +1,89 @@
+"""What each fast path in model.py buys, measured in one process.
+
+  python experiments/fast_paths.py --what=train --batch=64
+  python experiments/fast_paths.py --config=configs/cifar10.py --batch=128
+
+Builds the project's jitted step (as the benchmark does) once per variant,
+from the plain formulations in alexnet_jax/reference.py up to the model as
+it is, one fast path added at a time, then times the variants in
+alternating windows (so that load from other processes hits all alike) and
+prints the median step time of each and its speed-up over the one before.
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import time
+
+from absl import app
+from absl import flags
+from ml_collections import config_flags
+
+import alexnet_jax  # noqa: F401  (sets the XLA:CPU flags before jax starts)
+from alexnet_jax import benchmark
+from alexnet_jax import model as model_lib
+from alexnet_jax import reference
+
+FLAGS = flags.FLAGS
+flags.DEFINE_enum("what", "train", ["train", "eval"], "Which step to time.")
+flags.DEFINE_integer("batch", 64, "Batch size.")
+flags.DEFINE_integer("windows", 3, "Timed windows per variant.")
+flags.DEFINE_bool("plain", True, "Include the all-plain variant (grouped "
+                  "layers by feature_group_count: several times slower).")
+config_flags.DEFINE_config_file("config", "configs/default.py",
+                                "A config file (configs/*.py).",
+                                lock_config=True)
+
+# Cumulative: each variant swaps one more plain formulation for the model's.
+PATHS = ("conv", "local_response_norm", "max_pool", "add_bias")
+VARIANTS = {
+    "plain": (),
+    "+ towers as convs": PATHS[:1],
+    "+ LRN": PATHS[:2],
+    "+ max-pool": PATHS[:3],
+    "+ bias sums (all)": PATHS,
+}
+
+
+def build(config, what, batch, fast):
+  """The step with model.py's functions for `fast`, references elsewhere."""
+  saved = {name: getattr(model_lib, name) for name in PATHS}
+  try:
+    for name in PATHS:
+      if name not in fast:
+        setattr(model_lib, name, getattr(reference, name))
+    return benchmark.JaxStep(config, what, batch)  # Traced and compiled here.
+  finally:
+    for name, fn in saved.items():
+      setattr(model_lib, name, fn)
+
+
+def main(argv):
+  del argv
+  variants = {k: v for k, v in VARIANTS.items() if FLAGS.plain or v}
+  steps = {}
+  for name, fast in variants.items():
+    steps[name] = build(FLAGS.config, FLAGS.what, FLAGS.batch, fast)
+    steps[name].run(2)  # Warm-up.
+    print(f"compiled {name}", file=sys.stderr, flush=True)
+  times = {name: [] for name in steps}
+  for _ in range(FLAGS.windows):
+    for name, step in steps.items():
+      t = time.perf_counter()
+      step.run(1)
+      times[name].append(time.perf_counter() - t)
+  m = FLAGS.config.model
+  print(f"{FLAGS.what} step, batch {FLAGS.batch}, {m.preset} preset, width "
+        f"{m.width}; median of {FLAGS.windows} alternating windows")
+  print(f"{'variant':22s} {'ms/step':>9s} {'images/s':>9s} {'vs previous':>12s}")
+  previous = None
+  for name, ts in times.items():
+    med = statistics.median(ts)
+    gain = f"{previous / med:.2f}x" if previous else ""
+    print(f"{name:22s} {1e3 * med:9.1f} {FLAGS.batch / med:9.1f} {gain:>12s}")
+    previous = med
+
+
+if __name__ == "__main__":
+  app.run(main)
