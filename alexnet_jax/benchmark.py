@@ -27,10 +27,11 @@ batch, SGD with momentum and coupled weight decay, eager mode; with
 use the same FLOP count. torch is optional.
 
 Its LRN (`--torch_lrn`): `slices` (the default) writes the window sum as five
-shifted slices of the squares, which made the peer's train step 5-15%
-faster here than `module`, torch.nn.LocalResponseNorm (avg_pool3d over the
-squares; about a third of the peer's step). `both` times the two peers in
-the same run, as rows `torch` and `torch_module`.
+shifted slices of the squares, which made the peer's steps up to 35% faster
+here (experiments/results/benchmark.md) than `module`,
+torch.nn.LocalResponseNorm (avg_pool3d over the squares; about a third of
+the peer's train step). `both` times the two peers in the same run, as rows
+`torch` and `torch_module`.
 """
 
 from __future__ import annotations

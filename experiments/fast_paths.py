@@ -3,6 +3,8 @@
   python experiments/fast_paths.py --what=train --batch=64
   python experiments/fast_paths.py --config=configs/cifar10.py --batch=128
 
+(--what, --batch, --windows and --config are the benchmark program's flags.)
+
 Builds the project's jitted step (as the benchmark does) once per variant,
 from the plain formulations in alexnet_jax/reference.py up to the model as
 it is, one fast path added at a time, then times the variants in
@@ -12,28 +14,26 @@ prints the median step time of each and its speed-up over the one before.
 
 from __future__ import annotations
 
+import os
 import statistics
 import sys
 import time
 
-from absl import app
+# The repository root, for `configs` (and the package, if not installed).
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from absl import app  # noqa: E402  (after the path)
 from absl import flags
-from ml_collections import config_flags
+from absl import logging
 
 import alexnet_jax  # noqa: F401  (sets the XLA:CPU flags before jax starts)
 from alexnet_jax import benchmark
 from alexnet_jax import model as model_lib
 from alexnet_jax import reference
 
-FLAGS = flags.FLAGS
-flags.DEFINE_enum("what", "train", ["train", "eval"], "Which step to time.")
-flags.DEFINE_integer("batch", 64, "Batch size.")
-flags.DEFINE_integer("windows", 3, "Timed windows per variant.")
+FLAGS = flags.FLAGS  # --what, --batch, --windows, --config: the benchmark's.
 flags.DEFINE_bool("plain", True, "Include the all-plain variant (grouped "
                   "layers by feature_group_count: several times slower).")
-config_flags.DEFINE_config_file("config", "configs/default.py",
-                                "A config file (configs/*.py).",
-                                lock_config=True)
 
 # Cumulative: each variant swaps one more plain formulation for the model's.
 PATHS = ("conv", "local_response_norm", "max_pool", "add_bias")
@@ -61,10 +61,15 @@ def build(config, what, batch, fast):
 
 def main(argv):
   del argv
+  if FLAGS.what == "input":
+    print("error: --what must be train or eval", file=sys.stderr)
+    return 2
+  batch = FLAGS.batch or 64
+  logging.set_verbosity(logging.WARNING)
   variants = {k: v for k, v in VARIANTS.items() if FLAGS.plain or v}
   steps = {}
   for name, fast in variants.items():
-    steps[name] = build(FLAGS.config, FLAGS.what, FLAGS.batch, fast)
+    steps[name] = build(FLAGS.config, FLAGS.what, batch, fast)
     steps[name].run(2)  # Warm-up.
     print(f"compiled {name}", file=sys.stderr, flush=True)
   times = {name: [] for name in steps}
@@ -74,15 +79,16 @@ def main(argv):
       step.run(1)
       times[name].append(time.perf_counter() - t)
   m = FLAGS.config.model
-  print(f"{FLAGS.what} step, batch {FLAGS.batch}, {m.preset} preset, width "
+  print(f"{FLAGS.what} step, batch {batch}, {m.preset} preset, width "
         f"{m.width}; median of {FLAGS.windows} alternating windows")
   print(f"{'variant':22s} {'ms/step':>9s} {'images/s':>9s} {'vs previous':>12s}")
   previous = None
   for name, ts in times.items():
     med = statistics.median(ts)
     gain = f"{previous / med:.2f}x" if previous else ""
-    print(f"{name:22s} {1e3 * med:9.1f} {FLAGS.batch / med:9.1f} {gain:>12s}")
+    print(f"{name:22s} {1e3 * med:9.1f} {batch / med:9.1f} {gain:>12s}")
     previous = med
+  return 0
 
 
 if __name__ == "__main__":

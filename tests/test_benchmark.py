@@ -121,3 +121,28 @@ def test_torch_peer_lrn_matches_the_model_lrn(lrn):
     theirs = norms[0](torch.from_numpy(x.transpose(0, 3, 1, 2)).float())
   np.testing.assert_allclose(theirs.numpy().transpose(0, 2, 3, 1), ours,
                              rtol=2e-5, atol=1e-6)
+
+
+def test_fast_paths_experiment_runs_every_variant():
+  env = dict(os.environ, XLA_FLAGS="--xla_cpu_experimental_ynn_fusion_type=",
+             JAX_PLATFORMS="cpu")
+  proc = subprocess.run(
+      [sys.executable, "experiments/fast_paths.py", "--config=configs/smoke.py",
+       "--batch=4", "--windows=1"], cwd=ROOT, env=env, capture_output=True,
+      text=True, check=False)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  print(proc.stdout)
+  names = [line.split("  ")[0] for line in proc.stdout.splitlines()[2:]]
+  assert names == ["plain", "+ towers as convs", "+ LRN", "+ max-pool",
+                   "+ bias sums (all)"]
+
+
+def test_committed_benchmark_results_render_as_a_table():
+  out = os.path.join(ROOT, "experiments", "results", "cpu.jsonl")
+  proc = subprocess.run(
+      [sys.executable, "experiments/benchmark_table.py", "--table_only",
+       f"--out={out}"], cwd=ROOT, capture_output=True, text=True, check=False)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  rows = [line for line in proc.stdout.splitlines() if line.startswith("| ")]
+  assert len(rows) == 1 + 18  # Header, 3 models x 2 steps x 3 batches.
+  assert all("x** |" in row for row in rows[1:])
