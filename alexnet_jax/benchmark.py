@@ -57,6 +57,7 @@ from alexnet_jax import input_pipeline
 from alexnet_jax import model as model_lib
 from alexnet_jax import sharding
 from alexnet_jax import train
+from alexnet_jax.torch_peer import torch_alexnet
 
 FLAGS = flags.FLAGS
 TORCH_LRN = ("slices", "module", "both")
@@ -182,92 +183,6 @@ class JaxStep:
 
 
 # ---------------------------------------------------------------- torch side
-
-
-def torch_alexnet(config, lrn: str = "slices"):
-  """The config's AlexNet as a torch.nn.Module taking NCHW float32 images.
-
-  Same channels, towers (groups=2), conv1 geometry (the bottom/right pad of
-  `conv1_padding=-1` included), LRN inside each tower, pooling, dropout and
-  activation. lrn='module' is torch.nn.LocalResponseNorm(5, alpha=5e-4)
-  (torch divides alpha by n); 'slices' the same formula by hand.
-  """
-  import torch
-  from torch import nn
-
-  c = config.model
-  p = model_lib.PRESETS[c.preset]
-  towers = p.towers if c.towers is None else c.towers
-  norm = p.norm if c.norm is None else c.norm
-  size = model_lib.input_size(c)
-  k1 = p.conv1_kernel if c.conv1_kernel is None else c.conv1_kernel
-  s1 = p.conv1_stride if c.conv1_stride is None else c.conv1_stride
-  pad1 = p.conv1_padding if c.conv1_padding is None else c.conv1_padding
-  (pt, pb), (pl, pr) = model_lib.conv1_pads(size, k1, s1, pad1)
-  scaled = model_lib._scaled  # pylint: disable=protected-access
-  ch = [scaled(n, c.width, towers) for n in p.channels]
-  fc = [scaled(n, c.width, towers) for n in p.fc_features]
-  window, stride = model_lib.POOLS[c.pool]
-  act = {"relu": nn.ReLU, "tanh": nn.Tanh}[c.activation]
-
-  n_lrn, r = model_lib.LRN_N, model_lib.LRN_N // 2
-
-  class TowerLRN(nn.Module):
-    """torch.nn.LocalResponseNorm on each tower's channels."""
-
-    def __init__(self):
-      super().__init__()
-      self.lrn = nn.LocalResponseNorm(n_lrn, alpha=model_lib.LRN_ALPHA * n_lrn,
-                                      beta=model_lib.LRN_BETA,
-                                      k=model_lib.LRN_K)
-
-    def forward(self, x):
-      return torch.cat([self.lrn(t) for t in x.chunk(towers, dim=1)], dim=1)
-
-  class SliceLRN(nn.Module):
-    """x (k + alpha S(x^2))^-beta, S a sum of shifted slices per tower."""
-
-    def forward(self, x):
-      b, ch, h, w = x.shape
-      sq = torch.nn.functional.pad((x * x).view(b, towers, ch // towers, h, w),
-                                   (0, 0, 0, 0, r, n_lrn - 1 - r))
-      per = ch // towers
-      s = sum(sq[:, :, i:i + per] for i in range(n_lrn)).view(b, ch, h, w)
-      return x * (model_lib.LRN_K + model_lib.LRN_ALPHA * s).pow(
-          -model_lib.LRN_BETA)
-
-  if lrn not in ("slices", "module"):
-    raise ValueError(f"lrn must be slices or module, got {lrn!r}")
-
-  def block(cin, cout, k, groups, stride_=1, pad=None, layer=None):
-    pad = k // 2 if pad is None else pad
-    bn = norm == "batchnorm" and layer is not None
-    mods = [nn.Conv2d(cin, cout, k, stride_, pad, groups=groups, bias=not bn)]
-    if bn:
-      mods.append(nn.BatchNorm2d(cout, momentum=0.1))
-    mods.append(act())
-    if norm == "lrn" and layer is not None:
-      mods.append(TowerLRN() if lrn == "module" else SliceLRN())
-    return mods
-
-  g = towers
-  size_out = (size + pt + pb - k1) // s1 + 1
-  for _ in range(3):
-    size_out = (size_out - window) // stride + 1
-  layers = [nn.ZeroPad2d((pl, pr, pt, pb))]
-  layers += block(3, ch[0], k1, 1, s1, 0, layer=1)
-  layers += [nn.MaxPool2d(window, stride)]
-  layers += block(ch[0], ch[1], 5, g, layer=2)
-  layers += [nn.MaxPool2d(window, stride)]
-  layers += block(ch[1], ch[2], 3, 1) + block(ch[2], ch[3], 3, g)
-  layers += block(ch[3], ch[4], 3, g) + [nn.MaxPool2d(window, stride)]
-  # NHWC flattening order does not matter for speed; torch flattens NCHW.
-  layers += [nn.Flatten(),
-             nn.Linear(size_out * size_out * ch[4], fc[0]), act(),
-             nn.Dropout(c.dropout_rate),
-             nn.Linear(fc[0], fc[1]), act(), nn.Dropout(c.dropout_rate),
-             nn.Linear(fc[1], c.num_classes)]
-  return nn.Sequential(*layers)
 
 
 class TorchStep:

@@ -1,0 +1,202 @@
+"""The config's AlexNet written independently in torch.nn (optional torch).
+
+`torch_alexnet` is the benchmark's peer; `TorchTwin` trains it from the JAX
+model's parameters with the paper's update (experiments/torch_twin.py and
+tests/test_real_data.py). Nothing in training imports this module; it shares
+only the preset table and the conv1 geometry helpers with the JAX model.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from flax import nnx
+
+from alexnet_jax import model as model_lib
+
+
+def torch_alexnet(config, lrn: str = "slices"):
+  """The config's AlexNet as a torch.nn.Module taking NCHW float32 images.
+
+  Same channels, towers (groups=2), conv1 geometry (the bottom/right pad of
+  `conv1_padding=-1` included), LRN inside each tower, pooling, dropout and
+  activation. lrn='module' is torch.nn.LocalResponseNorm(5, alpha=5e-4)
+  (torch divides alpha by n); 'slices' the same formula by hand.
+  """
+  import torch
+  from torch import nn
+
+  c = config.model
+  p = model_lib.PRESETS[c.preset]
+  towers = p.towers if c.towers is None else c.towers
+  norm = p.norm if c.norm is None else c.norm
+  size = model_lib.input_size(c)
+  k1 = p.conv1_kernel if c.conv1_kernel is None else c.conv1_kernel
+  s1 = p.conv1_stride if c.conv1_stride is None else c.conv1_stride
+  pad1 = p.conv1_padding if c.conv1_padding is None else c.conv1_padding
+  (pt, pb), (pl, pr) = model_lib.conv1_pads(size, k1, s1, pad1)
+  scaled = model_lib._scaled  # pylint: disable=protected-access
+  ch = [scaled(n, c.width, towers) for n in p.channels]
+  fc = [scaled(n, c.width, towers) for n in p.fc_features]
+  window, stride = model_lib.POOLS[c.pool]
+  act = {"relu": nn.ReLU, "tanh": nn.Tanh}[c.activation]
+
+  n_lrn, r = model_lib.LRN_N, model_lib.LRN_N // 2
+
+  class TowerLRN(nn.Module):
+    """torch.nn.LocalResponseNorm on each tower's channels."""
+
+    def __init__(self):
+      super().__init__()
+      self.lrn = nn.LocalResponseNorm(n_lrn, alpha=model_lib.LRN_ALPHA * n_lrn,
+                                      beta=model_lib.LRN_BETA,
+                                      k=model_lib.LRN_K)
+
+    def forward(self, x):
+      return torch.cat([self.lrn(t) for t in x.chunk(towers, dim=1)], dim=1)
+
+  class SliceLRN(nn.Module):
+    """x (k + alpha S(x^2))^-beta, S a sum of shifted slices per tower."""
+
+    def forward(self, x):
+      b, ch, h, w = x.shape
+      sq = torch.nn.functional.pad((x * x).view(b, towers, ch // towers, h, w),
+                                   (0, 0, 0, 0, r, n_lrn - 1 - r))
+      per = ch // towers
+      s = sum(sq[:, :, i:i + per] for i in range(n_lrn)).view(b, ch, h, w)
+      return x * (model_lib.LRN_K + model_lib.LRN_ALPHA * s).pow(
+          -model_lib.LRN_BETA)
+
+  if lrn not in ("slices", "module"):
+    raise ValueError(f"lrn must be slices or module, got {lrn!r}")
+
+  def block(cin, cout, k, groups, stride_=1, pad=None, layer=None):
+    pad = k // 2 if pad is None else pad
+    bn = norm == "batchnorm" and layer is not None
+    mods = [nn.Conv2d(cin, cout, k, stride_, pad, groups=groups, bias=not bn)]
+    if bn:
+      mods.append(nn.BatchNorm2d(cout, momentum=0.1))
+    mods.append(act())
+    if norm == "lrn" and layer is not None:
+      mods.append(TowerLRN() if lrn == "module" else SliceLRN())
+    return mods
+
+  g = towers
+  size_out = (size + pt + pb - k1) // s1 + 1
+  for _ in range(3):
+    size_out = (size_out - window) // stride + 1
+  layers = [nn.ZeroPad2d((pl, pr, pt, pb))]
+  layers += block(3, ch[0], k1, 1, s1, 0, layer=1)
+  layers += [nn.MaxPool2d(window, stride)]
+  layers += block(ch[0], ch[1], 5, g, layer=2)
+  layers += [nn.MaxPool2d(window, stride)]
+  layers += block(ch[1], ch[2], 3, 1) + block(ch[2], ch[3], 3, g)
+  layers += block(ch[3], ch[4], 3, g) + [nn.MaxPool2d(window, stride)]
+  # NHWC flattening order does not matter for speed; torch flattens NCHW.
+  layers += [nn.Flatten(),
+             nn.Linear(size_out * size_out * ch[4], fc[0]), act(),
+             nn.Dropout(c.dropout_rate),
+             nn.Linear(fc[0], fc[1]), act(), nn.Dropout(c.dropout_rate),
+             nn.Linear(fc[1], c.num_classes)]
+  return nn.Sequential(*layers)
+
+
+# ---------------------------------------------------------------- twin
+
+
+def jax_params(model_state) -> dict:
+  """{layer: (kernel, bias)} as float32 NumPy arrays."""
+  pure = nnx.to_pure_dict(model_state)
+  names = ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "fc8")
+  return {n: (np.asarray(pure[n]["kernel"]), np.asarray(pure[n]["bias"]))
+          for n in names}
+
+
+def torch_layers(net):
+  """The net's conv and linear modules in the order conv1..conv5, fc6..fc8."""
+  from torch import nn
+  convs = [m for m in net if isinstance(m, nn.Conv2d)]
+  fcs = [m for m in net if isinstance(m, nn.Linear)]
+  names = [f"conv{i}" for i in range(1, 6)] + ["fc6", "fc7", "fc8"]
+  return dict(zip(names, convs + fcs))
+
+
+def copy_into_torch(params: dict, net, pool5_shape) -> None:
+  """Loads JAX parameters into the torch twin (layouts converted).
+
+  Conv kernels HWIO -> OIHW (the grouped layout is the same: output block g
+  sees input block g). fc6's rows follow JAX's NHWC flattening; torch
+  flattens NCHW, so they are permuted to (C, H, W) order.
+  """
+  import torch
+  h, w, c = pool5_shape
+  for name, layer in torch_layers(net).items():
+    kernel, bias = params[name]
+    if kernel.ndim == 4:
+      weight = kernel.transpose(3, 2, 0, 1)
+    elif name == "fc6":
+      weight = kernel.reshape(h, w, c, -1).transpose(3, 2, 0, 1).reshape(
+          kernel.shape[1], -1)
+    else:
+      weight = kernel.T
+    with torch.no_grad():
+      layer.weight.copy_(torch.from_numpy(np.ascontiguousarray(weight)))
+      layer.bias.copy_(torch.from_numpy(np.array(bias)))
+
+
+class TorchTwin:
+  """The torch twin of a JAX run: same parameters, the paper's update.
+
+  step() applies  v <- m v - lr (wd w + g);  w <- w + v  by hand (weight
+  decay on every parameter, or kernels only when optim.decay_biases is
+  False), as train.create_optimizer does. Dropout masks are torch's own.
+  """
+
+  def __init__(self, config, model_state, threads: int = 2):
+    """The twin of config's model, starting from the JAX model_state."""
+    import torch
+    torch.set_num_threads(threads)
+    torch.manual_seed(config.seed)
+    self.torch = torch
+    self.net = torch_alexnet(config, lrn="module")
+    params = jax_params(model_state)
+    c5 = params["conv5"][0].shape[-1]
+    side = round((params["fc6"][0].shape[0] / c5) ** 0.5)  # pool5 is square.
+    copy_into_torch(params, self.net, (side, side, c5))
+    o = config.optim
+    if o.weight_decay_mode not in ("coupled", "none"):
+      raise ValueError("the twin implements weight_decay_mode coupled or none")
+    if config.model.norm == "batchnorm":
+      raise ValueError("the twin does not support model.norm=batchnorm")
+    self.m = o.momentum
+    self.wd = o.weight_decay if o.weight_decay_mode == "coupled" else 0.0
+    self.decay_biases = o.decay_biases
+    self.velocity = [torch.zeros_like(p) for p in self.net.parameters()]
+    self.loss = torch.nn.CrossEntropyLoss()
+
+  def step(self, image: np.ndarray, label: np.ndarray, lr: float):
+    torch = self.torch
+    x = torch.from_numpy(np.ascontiguousarray(image.transpose(0, 3, 1, 2)))
+    y = torch.from_numpy(label.astype(np.int64))
+    self.net.train()
+    for p in self.net.parameters():
+      p.grad = None
+    logits = self.net(x)
+    loss = self.loss(logits, y)
+    loss.backward()
+    with torch.no_grad():
+      for p, v in zip(self.net.parameters(), self.velocity):
+        g = p.grad
+        if self.wd and (self.decay_biases or p.ndim > 1):
+          g = g + self.wd * p
+        v.mul_(self.m).sub_(lr * g)
+        p.add_(v)
+    acc = (logits.argmax(1) == y).float().mean()
+    return loss.item(), acc.item()
+
+  def eval_counts(self, image, label, mask):
+    torch = self.torch
+    self.net.eval()
+    with torch.inference_mode():
+      x = torch.from_numpy(np.ascontiguousarray(image.transpose(0, 3, 1, 2)))
+      pred = self.net(x).argmax(1).numpy()
+    return float(((pred == label) & mask).sum()), float(mask.sum())
