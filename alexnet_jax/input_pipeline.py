@@ -37,7 +37,8 @@ batches an uninterrupted run yields from step k. Unreadable images are
 counted, logged and masked out (mask=False), never a crash.
 
   python -m alexnet_jax.input_pipeline --config=configs/cifar10.py compute-mean
-prints the per-channel mean of a training split, for data.mean.
+prints the per-channel mean and std of a training split, for data.mean
+and data.std.
 """
 
 from __future__ import annotations
@@ -382,6 +383,9 @@ def _check(config, image_size: int):
   if len(d.mean) not in (0, 3):
     raise DataError(f"data.mean must hold 3 numbers (RGB, 0-255) or none, "
                     f"got {tuple(d.mean)}")
+  if len(d.std) not in (0, 3) or any(not s > 0 for s in d.std):
+    raise DataError(f"data.std must hold 3 positive numbers (RGB, 0-255) or "
+                    f"none, got {tuple(d.std)}")
   if d.resize_size and d.resize_size < image_size:
     raise DataError(f"data.resize_size {d.resize_size} is smaller than the "
                     f"{image_size} model input")
@@ -470,12 +474,21 @@ def _decoded_square(d, data, size: int):
 
 
 def _finish(d, image, shift=None):
-  """image + shift - mean, per channel, in one pass (bias_add)."""
+  """(image + shift - mean) / std, per channel (bias_add, then a scale)."""
   tf = _tf()
   if len(d.mean):
     mean = tf.constant(d.mean, tf.float32)
     shift = -mean if shift is None else shift - mean
-  return image if shift is None else tf.nn.bias_add(image, shift)
+  image = image if shift is None else tf.nn.bias_add(image, shift)
+  return _scaled(d, image)
+
+
+def _scaled(d, x):
+  """x / data.std per channel (no-op when data.std is empty)."""
+  if not len(d.std):
+    return x
+  tf = _tf()
+  return x * tf.constant([1.0 / s for s in d.std], tf.float32)
 
 
 def train_image(d, data, key, size: int):
@@ -526,8 +539,9 @@ def train_image(d, data, key, size: int):
   # Lighting and mean are one constant per channel: a single pass, since
   # each float pass over the image costs about as much as a resize here.
   shift = pca_shift(draws["alpha"]) if d.pca_lighting else None
-  if pad:  # Mean already subtracted.
-    image = image if shift is None else tf.nn.bias_add(image, shift)
+  if pad:  # Mean already subtracted (and the std divided).
+    image = image if shift is None else tf.nn.bias_add(image,
+                                                       _scaled(d, shift))
   else:
     image = _finish(d, image, shift)
   return tf.ensure_shape(image, [size, size, 3])
@@ -763,11 +777,12 @@ def prefetch_to_device(batches, sharding, size: int = 2):
 
 
 def compute_mean(config, *, image_size: int = 0,
-                 max_images: int = 0) -> tuple[np.ndarray, int]:
-  """Per-channel mean (RGB, 0-255) of the training split and images used.
+                 max_images: int = 0) -> tuple[np.ndarray, np.ndarray, int]:
+  """Per-channel mean and std (RGB, 0-255) of the training split, and the
+  number of images used.
 
-  Over the resized central squares (what crops are taken from), every image
-  weighted by its pixels; unreadable images are skipped.
+  Over the resized central squares (what crops are taken from), every pixel
+  weighted alike; unreadable images are skipped.
   """
   tf = _tf()
   d = config.data
@@ -781,19 +796,22 @@ def compute_mean(config, *, image_size: int = 0,
   def stats(data, _):
     square = _decoded_square(d, data, image_size)
     pixels = tf.cast(tf.shape(square)[0] ** 2, tf.float32)
-    return tf.concat([tf.reduce_sum(square, [0, 1]), [pixels]], 0)
+    return tf.concat([tf.reduce_sum(square, [0, 1]),
+                      tf.reduce_sum(tf.square(square), [0, 1]), [pixels]], 0)
 
-  ds = _options(_decode_batches(ds, records, stats, 256, (4,),
+  ds = _options(_decode_batches(ds, records, stats, 256, (7,),
                                 drop_remainder=False))
-  total, pixels, used = np.zeros(3), 0.0, 0
+  total, squares, pixels, used = np.zeros(3), np.zeros(3), 0.0, 0
   for batch in ds.as_numpy_iterator():
     good = batch["image"][batch["ok"]].astype(np.float64)
     total += good[:, :3].sum(0)
-    pixels += good[:, 3].sum()
+    squares += good[:, 3:6].sum(0)
+    pixels += good[:, 6].sum()
     used += len(good)
   if not used:
     raise DataError(f"no readable images in {records.where}")
-  return total / pixels, used
+  mean = total / pixels
+  return mean, np.sqrt(np.maximum(squares / pixels - mean ** 2, 0.0)), used
 
 
 def _main(argv):
@@ -803,16 +821,18 @@ def _main(argv):
                      "--config=configs/X.py compute-mean [--max_images=N]")
   config = FLAGS.config
   try:
-    mean, used = compute_mean(config,
-                              image_size=model.input_size(config.model),
-                              max_images=FLAGS.max_images)
+    mean, std, used = compute_mean(config,
+                                   image_size=model.input_size(config.model),
+                                   max_images=FLAGS.max_images)
   except DataError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
   text = ", ".join(f"{m:.2f}" for m in mean)
+  std_text = ", ".join(f"{m:.2f}" for m in std)
   print(f"data.mean = ({text})  # over {used} images of "
         f"{config.data.train_split}")
-  print(f"--config.data.mean=\"({text})\"")
+  print(f"data.std = ({std_text})  # per-channel pixel std, same images")
+  print(f"--config.data.mean=\"({text})\" --config.data.std=\"({std_text})\"")
 
 
 if __name__ == "__main__":

@@ -45,7 +45,7 @@ LRN_BETA = 0.75
 INIT_STD = 0.01
 
 NORMS = ("lrn", "batchnorm", "none")
-INITS = ("paper", "he")
+INITS = ("paper", "caffe", "he")
 POOLS = {"overlap": (3, 2), "nonoverlap": (2, 2)}
 ACTIVATIONS = {"relu": jax.nn.relu, "tanh": jnp.tanh}
 
@@ -340,14 +340,18 @@ class AlexNet(nnx.Module):
                image_size: int | None = None, conv1_kernel: int | None = None,
                conv1_stride: int | None = None,
                conv1_padding: int | None = None, init: str = "paper",
+               fc8_init_std: float | None = None,
                dtype=jnp.float32, rngs: nnx.Rngs):
     """Builds the network. Arguments left at None take the preset's value.
 
     init: 'paper' draws every weight from N(0, 0.01^2) with bias 1 in conv2,
-    conv4, conv5, fc6 and fc7; 'he' draws from N(0, 2 / fan_in) with zero
-    biases. The paper's fixed std shrinks the signal by about
-    0.01 * sqrt(fan_in) per layer, so narrow variants (width << 1) barely
-    train at first with it; 'he' keeps the scale at any width.
+    conv4, conv5, fc6 and fc7; 'caffe' (bvlc_alexnet) the same but
+    N(0, 0.005^2) in fc6/fc7 and bias 0.1 instead of 1; 'he' draws from
+    N(0, 2 / fan_in) with zero biases. The fixed stds shrink the
+    input-dependent signal by about 0.01 * sqrt(fan_in / 2) per layer
+    (README, training notes), so the logits start almost independent of the
+    image; 'he' keeps the scale at any width. fc8_init_std, when given,
+    replaces the init's std for fc8 alone (small: logits start near 0).
 
     dtype is the compute dtype (bfloat16 for mixed precision); parameters
     are always float32 and the logits are returned as float32.
@@ -374,6 +378,9 @@ class AlexNet(nnx.Module):
       raise ValueError(f"model.towers must be 1 or 2, got {towers!r}")
     if init not in INITS:
       raise ValueError(f"model.init must be one of {INITS}, got {init!r}")
+    if fc8_init_std is not None and not fc8_init_std >= 0:
+      raise ValueError(f"model.fc8_init_std must be >= 0, got "
+                       f"{fc8_init_std!r}")
     if not width > 0:
       raise ValueError(f"model.width must be positive, got {width!r}")
     if not 0 <= dropout_rate < 1:
@@ -404,6 +411,9 @@ class AlexNet(nnx.Module):
     def init_args(name, fan_in):
       if init == "he":
         return dict(bias_init=0.0, init_std=(2.0 / fan_in) ** 0.5)
+      if init == "caffe":  # bvlc_alexnet's train_val.prototxt.
+        return dict(bias_init=0.1 if name in BIAS_ONE else 0.0,
+                    init_std=0.005 if name in ("fc6", "fc7") else INIT_STD)
       return dict(bias_init=1.0 if name in BIAS_ONE else 0.0,
                   init_std=INIT_STD)
 
@@ -425,8 +435,10 @@ class AlexNet(nnx.Module):
     flat = self.stage_sizes[-1] ** 2 * chans[4]
     self.fc6 = Linear(flat, fcs[0], rngs=rngs, **init_args("fc6", flat))
     self.fc7 = Linear(fcs[0], fcs[1], rngs=rngs, **init_args("fc7", fcs[0]))
-    self.fc8 = Linear(fcs[1], num_classes, rngs=rngs,
-                      **init_args("fc8", fcs[1]))
+    fc8_args = init_args("fc8", fcs[1])
+    if fc8_init_std is not None:
+      fc8_args["init_std"] = fc8_init_std
+    self.fc8 = Linear(fcs[1], num_classes, rngs=rngs, **fc8_args)
     self.dropout6 = nnx.Dropout(dropout_rate, rngs=rngs)
     self.dropout7 = nnx.Dropout(dropout_rate, rngs=rngs)
 
@@ -601,6 +613,7 @@ def from_config(model_config, *, half_precision: bool = False,
       dropout_rate=c.dropout_rate, image_size=c.image_size,
       conv1_kernel=c.conv1_kernel, conv1_stride=c.conv1_stride,
       conv1_padding=c.conv1_padding, init=c.init,
+      fc8_init_std=c.fc8_init_std,
       dtype=jnp.bfloat16 if half_precision else jnp.float32, rngs=rngs)
 
 

@@ -93,10 +93,11 @@ SCHEDULES = ("constant", "step", "plateau", "cosine")
 class LearningRate:
   """The learning rate at each step, and the plateau rule's host state.
 
-  constant; step (x0.1 at each of optim.step_epochs); cosine (linear warmup
-  over optim.warmup_epochs, then cosine to 0 at the last step); plateau (the
-  paper: x plateau_factor when the eval top-1 error has not improved for
-  plateau_patience evaluations, at most plateau_max_reductions times).
+  constant; step (x0.1 at each of optim.step_epochs); cosine (cosine to 0 at
+  the last step); plateau (the paper: x plateau_factor when the eval top-1
+  error has not improved for plateau_patience evaluations, at most
+  plateau_max_reductions times). Every schedule starts with a linear warmup
+  over optim.warmup_epochs (0: none, the paper).
   """
 
   def __init__(self, optim: ml_collections.ConfigDict, steps_per_epoch: int,
@@ -112,18 +113,20 @@ class LearningRate:
   def __call__(self, step: int) -> float:
     """The rate for the update that produces `step` (1-based)."""
     o, t = self.optim, step - 1
+    warmup = int(o.warmup_epochs * self.steps_per_epoch)
+    # Linear warmup from lr / warmup to lr, before any schedule.
+    ramp = (t + 1) / warmup if t < warmup else 1.0
     if o.schedule == "step":
       passed = sum(t >= e * self.steps_per_epoch for e in o.step_epochs)
-      return o.learning_rate * 0.1 ** passed
+      return ramp * o.learning_rate * 0.1 ** passed
     if o.schedule == "cosine":
-      warmup = int(o.warmup_epochs * self.steps_per_epoch)
       if t < warmup:
-        return o.learning_rate * (t + 1) / warmup
+        return ramp * o.learning_rate
       frac = (t - warmup) / max(1, self.total_steps - warmup)
       return o.learning_rate * 0.5 * (1 + math.cos(math.pi * min(1.0, frac)))
     if o.schedule == "plateau":
-      return o.learning_rate * self.plateau["scale"]
-    return o.learning_rate
+      return ramp * o.learning_rate * self.plateau["scale"]
+    return ramp * o.learning_rate
 
   def observe(self, eval_error: float) -> bool:
     """Feeds an evaluation to the plateau rule; True when it cut the rate."""
@@ -329,11 +332,17 @@ class MetricsLog:
       from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
       self.tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
 
-  def write(self, step: int, scalars: dict[str, float], suffix: str = ""):
+  def write(self, step: int, scalars: dict[str, float], suffix: str = "",
+            epoch: float | None = None):
+    """One row: console, TensorBoard, and metrics.jsonl (which also gets the
+    epoch and the wall time, for curves per epoch and against time)."""
     if not self.enabled:
       return
+    row = {"step": step, **scalars, "wall_time": round(time.time(), 3)}
+    if epoch is not None:
+      row["epoch"] = round(epoch, 6)
     with open(self.path, "a") as f:
-      f.write(json.dumps({"step": step, **scalars}) + "\n")
+      f.write(json.dumps(row) + "\n")
     for k, v in scalars.items():
       self.tb.add_scalar(k, v, step)
     self.tb.flush()
@@ -516,7 +525,7 @@ def _train_loop(run: Run, ckpts, log: MetricsLog, workdir: str):
     rate = done / (time.perf_counter() - train_start)
     epoch = step / steps_per_epoch
     log.write(step, scalars, f"  epoch {epoch:.2f}  "
-              f"ETA {_eta((num_steps - step) / max(rate, 1e-9))}")
+              f"ETA {_eta((num_steps - step) / max(rate, 1e-9))}", epoch)
     last.update(scalars)
     pending, window_start, window_steps = [], time.perf_counter(), 0
 
@@ -536,7 +545,7 @@ def _train_loop(run: Run, ckpts, log: MetricsLog, workdir: str):
       if step % eval_every == 0 or step == num_steps:
         flush_metrics(step)
         eval_metrics = evaluate(run)
-        log.write(step, eval_metrics)
+        log.write(step, eval_metrics, epoch=step / steps_per_epoch)
         last.update(eval_metrics)
         if lr.observe(eval_metrics["eval_top1_error"]):
           log.info(f"eval error has not improved for "

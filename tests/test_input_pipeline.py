@@ -200,6 +200,31 @@ def test_pca_lighting_shift_per_image_and_covariance(tmp_path):
   np.testing.assert_allclose(shifts.mean(0), 0, atol=0.03 * 255 * 0.1 * lam[0])
 
 
+@pytest.mark.parametrize("pad", [0, 2])
+def test_std_divides_the_mean_subtracted_pixels(tmp_path, pad):
+  id_folder(tmp_path, 6, size=8)
+  (tmp_path / "val").symlink_to(tmp_path / "train")
+  config = config_for(tmp_path, batch_size=6, flip=True, random_crop=True,
+                      resize_size=10, crop_padding=pad, pca_lighting=True,
+                      mean=(100.0, 110.0, 120.0))
+  _, plain = ip.train_iterator(config, image_size=8)
+  _, plain_eval = ip.eval_iterator(config, image_size=8)
+  std = np.array([2.0, 4.0, 8.0], np.float32)
+  config.data.std = tuple(std)
+  _, scaled = ip.train_iterator(config, image_size=8)
+  _, scaled_eval = ip.eval_iterator(config, image_size=8)
+  for _ in range(2):  # Same crops, flips and lighting: only the scale differs.
+    np.testing.assert_allclose(next(scaled)["image"],
+                               next(plain)["image"] / std, rtol=1e-5,
+                               atol=1e-5)
+  np.testing.assert_allclose(next(scaled_eval)["image"],
+                             next(plain_eval)["image"] / std, rtol=1e-5,
+                             atol=1e-5)
+  config.data.std = (1.0, 0.0, 1.0)
+  with pytest.raises(ip.DataError, match="data.std"):
+    ip.train_iterator(config, image_size=8)
+
+
 # ---------------------------------------------------------------- exactness
 
 
@@ -405,10 +430,11 @@ def test_compute_mean_matches_numpy(tmp_path):
   for i, image in enumerate(images):
     write_image(tmp_path / "train" / "c0" / f"{i}.png", image)
   config = config_for(tmp_path)
-  mean, used = ip.compute_mean(config, image_size=4)
-  squares = [np_square(im).reshape(-1, 3) for im in images]
+  mean, std, used = ip.compute_mean(config, image_size=4)
+  squares = np.concatenate([np_square(im).reshape(-1, 3) for im in images])
   assert used == 2
-  np.testing.assert_allclose(mean, np.concatenate(squares).mean(0), rtol=1e-6)
+  np.testing.assert_allclose(mean, squares.mean(0), rtol=1e-6)
+  np.testing.assert_allclose(std, squares.std(0), rtol=1e-4)
 
 
 # ---------------------------------------------------------------- errors
@@ -444,5 +470,5 @@ def test_cifar10_config_reads_the_extracted_archive():
   assert (info.num_examples, info.num_classes) == (50_000, 10)
   batch = next(batches)
   assert batch["image"].shape == (16, 32, 32, 3) and batch["mask"].all()
-  # Mean-subtracted 0-255 pixels: centred near zero, spread of tens.
-  assert abs(batch["image"].mean()) < 30 and 20 < batch["image"].std() < 120
+  # Mean subtracted and divided by the per-channel std: about unit scale.
+  assert abs(batch["image"].mean()) < 0.3 and 0.7 < batch["image"].std() < 1.3

@@ -191,6 +191,30 @@ def test_paper_initialization():
     np.testing.assert_array_equal(layer.bias[...], want_bias)
 
 
+def test_caffe_initialization_is_bvlc_alexnets():
+  model = AlexNet(init="caffe", width=0.5, rngs=nnx.Rngs(0))
+  for name in ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7",
+               "fc8"):
+    layer = getattr(model, name)
+    k = np.asarray(layer.kernel[...])
+    want_std = 0.005 if name in ("fc6", "fc7") else 0.01
+    assert abs(k.std() - want_std) < 0.05 * want_std, name
+    want_bias = 0.1 if name in ("conv2", "conv4", "conv5", "fc6", "fc7") else 0
+    np.testing.assert_allclose(layer.bias[...], want_bias, rtol=1e-7)
+
+
+def test_fc8_init_std_overrides_only_fc8():
+  base = AlexNet(preset="cifar", width=0.25, num_classes=10, init="he",
+                 rngs=nnx.Rngs(0))
+  small = AlexNet(preset="cifar", width=0.25, num_classes=10, init="he",
+                  fc8_init_std=0.01, rngs=nnx.Rngs(0))
+  k = np.asarray(small.fc8.kernel[...])
+  assert abs(k.std() - 0.01) < 0.001
+  np.testing.assert_array_equal(small.fc7.kernel[...], base.fc7.kernel[...])
+  with pytest.raises(ValueError, match="fc8_init_std"):
+    AlexNet(fc8_init_std=-1.0, rngs=nnx.Rngs(0))
+
+
 def test_he_initialization_scales_with_fan_in():
   model = AlexNet(init="he", rngs=nnx.Rngs(0))
   k = np.asarray(model.conv2.kernel[...])

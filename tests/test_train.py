@@ -101,6 +101,17 @@ def test_cosine_schedule_warms_up_then_decays_to_zero():
                                  1 + np.cos(np.pi * 99 / 100))], rtol=1e-9)
 
 
+@pytest.mark.parametrize("schedule", ["constant", "step", "plateau"])
+def test_warmup_ramps_every_schedule(schedule):
+  lr = train.LearningRate(optim_config(schedule=schedule, warmup_epochs=0.5,
+                                       step_epochs=(2,)),
+                          steps_per_epoch=8, total_steps=100)
+  np.testing.assert_allclose([lr(1), lr(2), lr(4), lr(5), lr(16), lr(17)],
+                             [0.0025, 0.005, 0.01, 0.01, 0.01,
+                              0.001 if schedule == "step" else 0.01],
+                             rtol=1e-9)
+
+
 def test_plateau_divides_after_patience_at_most_n_times():
   lr = train.LearningRate(optim_config(schedule="plateau", plateau_patience=2,
                                        plateau_max_reductions=2),
@@ -128,7 +139,9 @@ def test_topk_correct_counts_ties_against():
 
 
 @pytest.mark.parametrize("module,arg", [(default, None), (default, "runlocal"),
-                                        (cifar10, None), (smoke, None)])
+                                        (default, "cifar10"),
+                                        (cifar10, None), (cifar10, "runlocal"),
+                                        (smoke, None)])
 def test_configs_load(module, arg):
   config = module.get_config(arg)
   assert isinstance(config, ml_collections.ConfigDict)
