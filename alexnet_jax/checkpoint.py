@@ -44,23 +44,50 @@ def abstract_like(state):
 
 
 class Checkpoints:
-  """`checkpoints/` (latest max_to_keep) and `checkpoints_best/` (one)."""
+  """`checkpoints/` (latest max_to_keep) and `checkpoints_best/` (one).
+
+  Opening them creates nothing: the directories appear with the first save,
+  so a run refused by its checks leaves a new workdir as it was.
+  """
 
   def __init__(self, workdir: str, *, max_to_keep: int):
     self.latest = ocp.CheckpointManager(
         os.path.join(os.path.abspath(workdir), "checkpoints"),
         options=ocp.CheckpointManagerOptions(
-            max_to_keep=max_to_keep, create=True,
+            max_to_keep=max_to_keep, create=False,
             enable_async_checkpointing=True))
     self.best = ocp.CheckpointManager(
         os.path.join(os.path.abspath(workdir), "checkpoints_best"),
         options=ocp.CheckpointManagerOptions(
-            max_to_keep=1, create=True, enable_async_checkpointing=True,
+            max_to_keep=1, create=False, enable_async_checkpointing=True,
             best_fn=lambda metrics: metrics["eval_top1_error"],
             best_mode="min"))
 
   def latest_step(self) -> int | None:
     return self.latest.latest_step()
+
+  def steps(self, *, best: bool = False) -> list[int]:
+    """Saved steps, newest first."""
+    return sorted((self.best if best else self.latest).all_steps(),
+                  reverse=True)
+
+  def directory(self, *, best: bool = False) -> str:
+    return str((self.best if best else self.latest).directory)
+
+  def set_aside(self, step: int) -> str:
+    """Moves a latest-checkpoint step that does not restore out of the
+    manager's sight (into checkpoints_corrupt/, never deleted); returns the
+    new path. The run can then save that step again."""
+    src = os.path.join(self.directory(), str(step))
+    root = os.path.join(os.path.dirname(self.directory()),
+                        "checkpoints_corrupt")
+    os.makedirs(root, exist_ok=True)
+    dest, n = os.path.join(root, str(step)), 1
+    while os.path.exists(dest):
+      dest, n = os.path.join(root, f"{step}.{n}"), n + 1
+    os.rename(src, dest)
+    self.latest.reload()
+    return dest
 
   def save(self, step: int, state, meta: dict, *, best_metrics=None):
     """Saves asynchronously; with best_metrics, into the best slot too."""

@@ -203,27 +203,72 @@ def _missing(d, what: str) -> DataError:
   return DataError(what + hint)
 
 
-def _list_folder(root: str, split: str, d, class_names=None):
-  """(paths, labels, class names) of root/split/<class>/*.{jpg,jpeg,png}."""
-  split_dir = os.path.join(root, split)
-  if not os.path.isdir(split_dir):
-    raise _missing(d, f"no folder {split_dir} (data.path={d.path!r}, split "
-                      f"{split!r}): put images in {split_dir}/<class>/*.jpg")
-  own = sorted(e.name for e in os.scandir(split_dir) if e.is_dir())
-  names = class_names or own
+# A folder split may be named either way: `validation` (TFDS's name, the
+# default eval_split) also finds val/, and val also finds validation/.
+SPLIT_ALIASES = {"validation": ("validation", "val"),
+                 "val": ("val", "validation")}
+_warned_empty: set[str] = set()
+
+
+def _split_dir(root: str, split: str, d) -> str:
+  """root/<split>, or the first existing alias of split."""
+  names = SPLIT_ALIASES.get(split, (split,))
+  for name in names:
+    if os.path.isdir(os.path.join(root, name)):
+      return os.path.join(root, name)
+  tried = " or ".join(os.path.join(root, n) for n in names)
+  have = sorted(e.name for e in os.scandir(root) if e.is_dir()) if (
+      os.path.isdir(root)) else []
+  which = "data.train_split" if split == d.train_split else "data.eval_split"
+  found = (f"; {root} holds {', '.join(have)}: set {which} to one of them"
+           if have else "")
+  raise _missing(d, f"no folder {tried} (data.path={d.path!r}, split "
+                    f"{split!r}): put images in "
+                    f"{os.path.join(root, names[0])}/<class>/*.jpg{found}")
+
+
+def _class_dirs(split_dir: str) -> list[str]:
+  return sorted(e.name for e in os.scandir(split_dir) if e.is_dir())
+
+
+def list_folder(d, split: str):
+  """(paths, labels, class names) of data.path/<split>/<class>/*.jpg|png.
+
+  Labels index the sorted class folders of the training split (of this
+  split, when it is the training split or there is none). Empty class
+  folders are named in a warning (once); a split without images is an error.
+  """
+  if not d.path:
+    raise DataError("data.source=folder needs data.path, a folder holding "
+                    "train/<class>/*.jpg and val/ or test/")
+  root = os.path.expanduser(d.path)
+  split_dir = _split_dir(root, split, d)
+  own = _class_dirs(split_dir)
+  names = own
+  if split != d.train_split:
+    try:
+      names = _class_dirs(_split_dir(root, d.train_split, d))
+    except DataError:
+      pass  # No training split: an eval-only folder labels by its own.
   index = {c: i for i, c in enumerate(names)}
-  paths, labels = [], []
+  paths, labels, empty = [], [], []
   for c in own:
     if c not in index:
       raise DataError(f"class folder {os.path.join(split_dir, c)} is not a "
                       f"class of the training split ({len(names)} classes)")
     files = sorted(e.name for e in os.scandir(os.path.join(split_dir, c))
                    if e.name.lower().endswith(IMAGE_EXTENSIONS))
+    if not files:
+      empty.append(c)
     paths += [os.path.join(split_dir, c, f) for f in files]
     labels += [index[c]] * len(files)
   if not paths:
     raise _missing(d, f"no images in {split_dir}/<class>/ (looked for "
                       f"{', '.join(IMAGE_EXTENSIONS)})")
+  if empty and split_dir not in _warned_empty:
+    _warned_empty.add(split_dir)
+    logging.warning("%d class folder(s) of %s hold no images: %s", len(empty),
+                    split_dir, ", ".join(empty))
   return paths, np.asarray(labels, np.int32), tuple(names)
 
 
@@ -231,16 +276,7 @@ def _folder_records(config, split: str, process_index: int,
                     process_count: int) -> Records:
   tf = _tf()
   d = config.data
-  if not d.path:
-    raise DataError("data.source=folder needs data.path, a folder holding "
-                    "train/<class>/*.jpg and val/ or test/")
-  root = os.path.expanduser(d.path)
-  names = None
-  if split != d.train_split and os.path.isdir(os.path.join(root,
-                                                           d.train_split)):
-    names = tuple(sorted(e.name for e in os.scandir(
-        os.path.join(root, d.train_split)) if e.is_dir()))
-  paths, labels, names = _list_folder(root, split, d, names)
+  paths, labels, names = list_folder(d, split)
   total = len(paths)
   # A strided slice: each process sees every class, and the slices are
   # disjoint with sizes differing by at most one.
@@ -265,7 +301,7 @@ def _folder_records(config, split: str, process_index: int,
         {"data": paths, "label": tf.gather(labels_t, order), "name": paths})
 
   return Records(ordered, epoch, n, total, len(names), names, True,
-                 os.path.join(root, split))
+                 _split_dir(os.path.expanduser(d.path), split, d))
 
 
 def _one_line(text: str) -> str:
@@ -362,6 +398,26 @@ def _tfds_records(config, split: str, process_index: int,
                  False, f"TFDS {d.name} {split}")
 
 
+def describe_split(config, split: str, image_size: int,
+                   process_count: int = 1) -> Split:
+  """Size and class count of a split, found without decoding any image.
+
+  Raises DataError when the split cannot be found (every split a run reads
+  is described before its first step; see preflight.py).
+  """
+  d = config.data
+  if d.source == "synthetic":
+    data = _synthetic(config, "train" if split == d.train_split else "eval",
+                      image_size)
+    return Split(data.num_examples, data.num_classes, image_size)
+  if d.source == "folder":
+    paths, _, names = list_folder(d, split)
+    return Split(len(paths), len(names), image_size, names)
+  records = _tfds_records(config, split, 0, process_count)
+  return Split(records.num_examples, records.num_classes, image_size,
+               records.class_names)
+
+
 def split_records(config, split: str, process_index: int = 0,
                   process_count: int = 1) -> Records:
   """One process's slice of a split of a tfds or folder source."""
@@ -373,7 +429,8 @@ def split_records(config, split: str, process_index: int = 0,
 # ---------------------------------------------------------------- images
 
 
-def _check(config, image_size: int):
+def check_options(config, image_size: int):
+  """The data options (source, crops, mean, std, sizes) are usable."""
   d = config.data
   if d.source not in SOURCES:
     raise DataError(f"data.source must be one of {SOURCES}, "
@@ -607,10 +664,19 @@ def _decode_batches(ds, records: Records, image_fn, b: int, shape,
                        deterministic=True)
 
 
-def _options(ds):
+def _options(ds, d):
+  """Deterministic order; tf.data's autotuner only if data.autotune.
+
+  With the autotuner on, deleting the iterator (the end of a run, a stop)
+  waits for its model thread, which sleeps for a period that grows to 60 s:
+  a stopped CIFAR-10 run exited 7-60 s after its last checkpoint. Off,
+  AUTOTUNE parallelism is the number of cores and prefetch buffers grow
+  when the consumer waits (README, Data: the input benchmark compares).
+  """
   tf = _tf()
   options = tf.data.Options()
   options.deterministic = True  # Resume and multi-process slices rely on it.
+  options.autotune.enabled = bool(d.autotune)
   return ds.with_options(options)
 
 
@@ -662,7 +728,7 @@ def train_iterator(config, *, image_size: int, start_step: int = 0,
   Each process reads its own disjoint slice of the split and returns its
   batch_size / process_count rows of each global batch.
   """
-  _check(config, image_size)
+  check_options(config, image_size)
   d = config.data
   rows = process_rows(config.batch_size, process_index, process_count)
   if d.source == "synthetic":
@@ -690,7 +756,7 @@ def train_iterator(config, *, image_size: int, start_step: int = 0,
   ds = ds.map(lambda pos, e: {**e, "pos": pos})
   ds = _decode_batches(ds, records, image_fn, b, (image_size, image_size, 3),
                        drop_remainder=True)
-  ds = _options(ds.prefetch(tf.data.AUTOTUNE))
+  ds = _options(ds.prefetch(tf.data.AUTOTUNE), d)
   info = Split(records.num_examples, records.num_classes, image_size,
                records.class_names)
   return info, Batches(ds.as_numpy_iterator(), where=records.where, fill=True)
@@ -703,7 +769,7 @@ def eval_iterator(config, *, image_size: int, process_index: int = 0,
   Every process makes ceil(ceil(N / processes) / local batch) steps, so
   collective eval steps line up; padding rows have mask=False.
   """
-  _check(config, image_size)
+  check_options(config, image_size)
   d = config.data
   rows = process_rows(config.batch_size, process_index, process_count)
   if d.source == "synthetic":
@@ -721,7 +787,7 @@ def eval_iterator(config, *, image_size: int, process_index: int = 0,
       records.ordered, records,
       lambda data, _: eval_image(d, data, image_size, crops), b, shape,
       drop_remainder=False)
-  ds = _options(ds.prefetch(tf.data.AUTOTUNE))
+  ds = _options(ds.prefetch(tf.data.AUTOTUNE), d)
   most = -(-records.num_examples // process_count)
   if records.num_local > most:
     raise DataError(f"process slice of {records.where} holds "
@@ -800,7 +866,7 @@ def compute_mean(config, *, image_size: int = 0,
                       tf.reduce_sum(tf.square(square), [0, 1]), [pixels]], 0)
 
   ds = _options(_decode_batches(ds, records, stats, 256, (7,),
-                                drop_remainder=False))
+                                drop_remainder=False), d)
   total, squares, pixels, used = np.zeros(3), np.zeros(3), 0.0, 0
   for batch in ds.as_numpy_iterator():
     good = batch["image"][batch["ok"]].astype(np.float64)

@@ -18,6 +18,7 @@ import json
 import math
 import os
 import signal
+import sys
 import time
 from typing import Any
 
@@ -31,11 +32,11 @@ from flax import nnx
 from alexnet_jax import checkpoint as checkpoint_lib
 from alexnet_jax import input_pipeline
 from alexnet_jax import model as model_lib
+from alexnet_jax import preflight
 from alexnet_jax import sharding
 
 
-class ConfigError(ValueError):
-  """A config value that cannot work (a user error)."""
+ConfigError = preflight.ConfigError  # A config value that cannot work.
 
 
 class Diverged(FloatingPointError):
@@ -87,7 +88,7 @@ def create_optimizer(optim: ml_collections.ConfigDict
                     f"none, got {mode!r}")
 
 
-SCHEDULES = ("constant", "step", "plateau", "cosine")
+SCHEDULES = preflight.SCHEDULES
 
 
 class LearningRate:
@@ -243,15 +244,6 @@ def steps_for(config, num_train_examples: int) -> tuple[int, int]:
   return steps_per_epoch, int(config.num_epochs * steps_per_epoch)
 
 
-def _validate(config):
-  if config.batch_size < 1:
-    raise ConfigError(f"batch_size must be positive, got {config.batch_size}")
-  for name in ("log_every_steps", "checkpoint_every_steps",
-               "max_checkpoints_to_keep"):
-    if config[name] < 1:
-      raise ConfigError(f"{name} must be >= 1, got {config[name]}")
-
-
 @dataclasses.dataclass
 class Run:
   """Everything a training or evaluation loop works on."""
@@ -267,12 +259,8 @@ class Run:
 
 def setup(config: ml_collections.ConfigDict) -> Run:
   """Mesh, model and optimizer states placed on it, and the jitted steps."""
-  _validate(config)
-  mesh = sharding.create_mesh(config.mesh)
-  if config.batch_size % mesh.shape[sharding.DATA]:
-    # The towers of a pair see the same rows: only `data` splits the batch.
-    raise ConfigError(f"batch_size {config.batch_size} is not divisible by "
-                      f"the mesh's {mesh.shape[sharding.DATA]} data shards")
+  preflight.check_config(config)
+  mesh = preflight.check_mesh(config)
   with jax.set_mesh(mesh):
     model, optimizer, eval_graph = create_train_state(config)
     model_graph, model_state = nnx.split(model)
@@ -296,15 +284,84 @@ def restore_into(run: Run, ckpts: checkpoint_lib.Checkpoints, step: int, *,
   meta = ckpts.read_meta(step, best=best)
   check_compatible(meta, run.config)
   like = {"model": _pure(run.model_state), "opt": _pure(run.opt_state)}
-  try:
-    state, meta = ckpts.restore(step, like, best=best)
-  except (ValueError, KeyError, TypeError) as e:
-    raise ConfigError(f"the checkpoint at step {step} does not fit this "
-                      f"model ({str(e).splitlines()[0][:200]}); use a new "
-                      f"--workdir") from None
+  state, meta = ckpts.restore(step, like, best=best)
   nnx.replace_by_pure_dict(run.model_state, state["model"])
   nnx.replace_by_pure_dict(run.opt_state, state["opt"])
   return meta
+
+
+def _restore_error(error: BaseException) -> str:
+  """What was wrong, in a line: the innermost cause's first line (for a
+  damaged file, TensorStore's 'Error reading ... byte range ...')."""
+  while (error.__cause__ or error.__context__) is not None:
+    error = error.__cause__ or error.__context__
+  lines = [l.strip() for l in str(error).splitlines() if l.strip()]
+  text = lines[0] if lines else type(error).__name__
+  return text.split(" See full TensorStore details")[0][:240]
+
+
+def _quiet_abandoned_reads():
+  """After a restore fails, orbax's reads of the other arrays still finish
+  on TensorStore threads and report to an event loop that has closed:
+  'Exception ignored in <coroutine _read_array_index_and_device_put>'
+  tracebacks, possibly much later. They say nothing the warning does not."""
+  previous = sys.unraisablehook
+  if getattr(previous, "quiets_orbax", False):
+    return
+
+  def hook(unraisable):
+    text = f"{unraisable.object!r} {unraisable.exc_value!r}"
+    if ("_read_array_index_and_device_put" in text or
+        "Event loop is closed" in text):
+      return
+    previous(unraisable)
+
+  hook.quiets_orbax = True
+  sys.unraisablehook = hook
+
+
+def restore_latest(run: Run, ckpts: checkpoint_lib.Checkpoints, *,
+                   best: bool = False, set_aside: bool = False) -> dict | None:
+  """Restores the newest checkpoint that restores; its meta, or None if the
+  workdir holds none.
+
+  A step that does not restore (a truncated or missing file, a half-written
+  save) is named in a warning and skipped; with set_aside (training, one
+  process) it is moved to checkpoints_corrupt/ once an older step has
+  restored, so that the run saves that step again. A checkpoint of another
+  model is a ConfigError, as is a workdir where no step restores; in both
+  cases nothing in the workdir has changed.
+  """
+  steps = ckpts.steps(best=best)
+  failed = []
+  for step in steps:
+    try:
+      meta = restore_into(run, ckpts, step, best=best)
+    except ConfigError:
+      raise
+    except Exception as e:  # pylint: disable=broad-except
+      # Orbax and TensorStore raise assorted types for unreadable files.
+      _quiet_abandoned_reads()
+      failed.append((step, _restore_error(e)))
+      continue
+    for bad, why in failed:
+      if set_aside and jax.process_count() == 1:
+        where = ckpts.set_aside(bad)
+        print(f"warning: checkpoint step {bad} does not restore ({why}); "
+              f"moved to {where}; resuming from step {step}",
+              file=sys.stderr, flush=True)
+      else:
+        print(f"warning: checkpoint step {bad} does not restore ({why}); "
+              f"using step {step}", file=sys.stderr, flush=True)
+    return meta
+  if not failed:
+    return None
+  where = ckpts.directory(best=best)
+  dirs = ", ".join(str(s) for s, _ in failed)
+  raise ConfigError(
+      f"no checkpoint in {where} restores (step {failed[0][0]}: "
+      f"{failed[0][1]}); move the step directories ({dirs}) out of {where} "
+      f"to start this run over, or use a new --workdir")
 
 
 def check_compatible(meta: dict, config: ml_collections.ConfigDict):
@@ -445,29 +502,32 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
                        workdir: str) -> dict[str, Any]:
   """Trains as configured (resuming from the workdir), returns last metrics.
 
-  Raises ConfigError / input_pipeline.DataError / sharding.MeshError on user
-  errors and Diverged on a non-finite loss, in each case before anything in
-  the workdir is overwritten.
+  Every check (preflight.py, then the resumable checkpoint) runs before
+  anything is compiled or written: ConfigError / input_pipeline.DataError /
+  sharding.MeshError leave the workdir as it was. Diverged (a non-finite
+  loss) keeps the last good checkpoint.
   """
+  preflight.run(config, workdir, train=True,
+                process_count=jax.process_count())
   run = setup(config)
-  os.makedirs(workdir, exist_ok=True)
   ckpts = checkpoint_lib.Checkpoints(
       workdir, max_to_keep=config.max_checkpoints_to_keep)
-  log = MetricsLog(workdir)
   try:
-    return _train_loop(run, ckpts, log, workdir)
+    meta = restore_latest(run, ckpts, set_aside=True) or {}
+    os.makedirs(workdir, exist_ok=True)
+    log = MetricsLog(workdir)
+    try:
+      return _train_loop(run, ckpts, log, workdir, meta)
+    finally:
+      log.close()
   finally:
     ckpts.close()
-    log.close()
 
 
-def _train_loop(run: Run, ckpts, log: MetricsLog, workdir: str):
+def _train_loop(run: Run, ckpts, log: MetricsLog, workdir: str, meta: dict):
   config = run.config
-  start, meta = 0, {}
-  latest = ckpts.latest_step()
-  if latest is not None:
-    meta = restore_into(run, ckpts, latest)
-    start = meta["step"]
+  start = meta.get("step", 0)
+  if start:
     log.info(f"resuming from the checkpoint at step {start}")
   # The iterator starts at the checkpoint's step: its position is the step.
   info, train_batches = input_pipeline.train_iterator(
@@ -511,9 +571,12 @@ def _train_loop(run: Run, ckpts, log: MetricsLog, workdir: str):
     for i, m in enumerate(fetched):
       if not np.isfinite(m["loss"]):
         bad = step - len(fetched) + 1 + i
-        raise Diverged(f"the training loss is {m['loss']} at step {bad}; the "
-                       f"last good checkpoint (step {ckpts.latest_step()}) is "
-                       f"kept; lower optim.learning_rate and rerun")
+        good = ckpts.latest_step()
+        kept = (f"the last good checkpoint (step {good}) is kept" if good
+                else "no checkpoint had been saved")
+        raise Diverged(f"the training loss is {m['loss']} at step {bad}; "
+                       f"{kept}; lower optim.learning_rate (or see README, "
+                       f"training notes) and rerun")
     scalars = {f"train_{k}": float(np.mean([m[k] for m in fetched]))
                for k in fetched[0]}
     elapsed = time.perf_counter() - window_start
@@ -571,24 +634,31 @@ def _train_loop(run: Run, ckpts, log: MetricsLog, workdir: str):
 
 def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str, *,
                         best: bool = False) -> dict[str, Any]:
-  """Evaluates the latest (or best) checkpoint in the workdir."""
-  run = setup(config)
-  if not os.path.isdir(os.path.join(workdir, "checkpoints")):
-    raise ConfigError(f"no checkpoints in {workdir}; train first with "
+  """Evaluates the latest (or best) checkpoint in the workdir that restores.
+
+  Changes nothing in the workdir (a step that does not restore is named in
+  a warning and left in place).
+  """
+  preflight.run(config, workdir, train=False,
+                process_count=jax.process_count())
+  kind = "best " if best else ""
+  if not os.path.isdir(os.path.join(
+      workdir, "checkpoints_best" if best else "checkpoints")):
+    raise ConfigError(f"no {kind}checkpoints in {workdir}; train first with "
                       f"--mode=train")
+  run = setup(config)
   ckpts = checkpoint_lib.Checkpoints(
       workdir, max_to_keep=config.max_checkpoints_to_keep)
   try:
-    mngr = ckpts.best if best else ckpts.latest
-    step = mngr.latest_step() if not best else mngr.best_step()
-    if step is None:
-      raise ConfigError(f"no {'best ' if best else ''}checkpoint in "
-                        f"{workdir}; train first with --mode=train")
-    restore_into(run, ckpts, step, best=best)
+    meta = restore_latest(run, ckpts, best=best)
+    if meta is None:
+      raise ConfigError(f"no {kind}checkpoint in {workdir}; train first with "
+                        f"--mode=train")
     with jax.set_mesh(run.mesh):
       metrics = evaluate(run)
   finally:
     ckpts.close()
+  step = meta["step"]
   text = "  ".join(f"{k}={v:.4g}" for k, v in metrics.items())
   if jax.process_index() == 0:
     print(f"checkpoint step {step}: {text}", flush=True)

@@ -80,6 +80,9 @@ def get_config(arg=None):
   # by; () keeps the paper's 0-255 scale. compute-mean prints it too.
   d.std = ()
   d.eval_crops = 10  # 1: center crop; 10: corners + center and mirrors.
+  # tf.data's autotuner. Off: parallelism = cores, and the process exits
+  # promptly (the autotuner's thread held it up to 60 s at the end).
+  d.autotune = False
   # source=synthetic (no files):
   d.num_train_examples = 1_281_167  # Size of the synthetic training set.
   d.num_eval_examples = 50_000  # Size of the synthetic evaluation set.

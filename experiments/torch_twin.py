@@ -58,7 +58,7 @@ flags.mark_flags_as_required(["config", "out"])
 
 def _commit() -> str:
   try:
-    return subprocess.run(["git", "rev-parse", "--short", "HEAD"],
+    return subprocess.run(["git", "describe", "--always", "--dirty"],
                           capture_output=True, text=True,
                           check=True).stdout.strip()
   except (OSError, subprocess.CalledProcessError):

@@ -24,6 +24,7 @@ from flax import nnx
 from alexnet_jax import model as model_lib
 from alexnet_jax import reference
 from alexnet_jax.model import local_response_norm, max_pool
+from tests import cifar_data
 
 lrn_reference = reference.local_response_norm
 pool_reference = reference.max_pool
@@ -184,16 +185,41 @@ def test_conv_against_feature_group_count_float64(groups, stride, k):
 # ---------------------------------------------------------------- the model
 
 
-def test_model_gradients_match_reference_formulations(monkeypatch):
-  """The whole train loss: fast paths vs the references, in float64."""
+def real_batch(tmp_path, n: int = 4) -> np.ndarray:
+  """n CIFAR-10 training images, 0-255 minus the mean (the paper's scale)."""
+  from configs import cifar10  # pylint: disable=g-import-not-at-top
+  from alexnet_jax import input_pipeline  # pylint: disable=g-import-not-at-top
+  if not cifar_data.available():
+    pytest.skip("CIFAR-10 archive not found")
+  config = cifar10.get_config()
+  config.data.path = str(cifar_data.subset(
+      tmp_path / "cifar10", classes=("cat", "ship"), train_per_class=n,
+      test_per_class=0))
+  config.data.std = ()
+  config.batch_size = n
+  _, batches = input_pipeline.train_iterator(config, image_size=32)
+  return next(batches)["image"]
+
+
+@pytest.mark.parametrize("images,init", [("random", "he"),
+                                         ("cifar", "paper")])
+def test_model_gradients_match_reference_formulations(monkeypatch, tmp_path,
+                                                      images, init):
+  """The whole train loss: fast paths vs the references, in float64.
+
+  Also on real images at the paper's scale and init (ReLU zeros, ties in
+  the pools, LRN on 0-255 inputs), where a stalled run could have hidden a
+  wrong gradient.
+  """
+  x = (real_batch(tmp_path) if images == "cifar" else
+       30 * np.asarray(jax.random.normal(jax.random.key(12), (4, 32, 32, 3))))
   with jax.enable_x64(True):
     model = model_lib.AlexNet(preset="cifar", width=0.25, num_classes=10,
-                              dropout_rate=0.0, init="he",
+                              dropout_rate=0.0, init=init,
                               dtype=jnp.float64, rngs=nnx.Rngs(0))
     model.eval()
     graph, params, rest = nnx.split(model, nnx.Param, ...)
-    x = 30 * jax.random.normal(jax.random.key(12), (4, 32, 32, 3),
-                               jnp.float64)
+    x = jnp.asarray(x, jnp.float64)
     labels = jnp.arange(4) % 10
 
     def loss(params):

@@ -236,6 +236,22 @@ def test_dropout_only_in_train_mode():
   assert not np.array_equal(a1["fc7"], a2["fc7"])  # A fresh mask per call.
 
 
+def test_dropout_keeps_half_and_scales_them_by_two():
+  """Inverted dropout: E[train output] = eval output, as the paper's 0.5x
+  at test time (and torch.nn.Dropout) give."""
+  model = AlexNet(preset="cifar", width=0.5, num_classes=10, init="he",
+                  rngs=nnx.Rngs(0))
+  x = jax.random.normal(jax.random.key(7), (8, 32, 32, 3))
+  model.eval()
+  _, plain = model(x, return_activations=True)
+  model.train()
+  _, dropped = model(x, return_activations=True)
+  a, b = np.asarray(plain["fc6"]), np.asarray(dropped["fc6"])
+  kept = b != 0
+  np.testing.assert_allclose(b[kept], 2 * a[kept], rtol=1e-5)
+  assert 0.45 < kept.sum() / (a != 0).sum() < 0.55
+
+
 @pytest.mark.parametrize("norm", ["none", "batchnorm"])
 def test_norm_variants_build_and_run(norm):
   model = AlexNet(preset="cifar", width=0.25, num_classes=10, norm=norm,

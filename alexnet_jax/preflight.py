@@ -1,0 +1,135 @@
+"""Pre-flight: every check that can fail a run, before anything is compiled
+or written to the workdir.
+
+A run that would stop after an epoch on a missing split, a class count that
+does not match the model, a workdir that is a file or a learning rate that
+cannot work stops here instead, with one line naming what to fix. The
+resumable checkpoint is checked by train.py right after (it needs the
+placed model state), still before anything in the workdir changes.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import ml_collections
+from flax import nnx
+
+from alexnet_jax import input_pipeline
+from alexnet_jax import model as model_lib
+from alexnet_jax import sharding
+
+
+class ConfigError(ValueError):
+  """A config value that cannot work (a user error)."""
+
+
+SCHEDULES = ("constant", "step", "plateau", "cosine")
+DECAY_MODES = ("coupled", "decoupled", "none")
+
+
+def _finite(x) -> bool:
+  return isinstance(x, (int, float)) and math.isfinite(x)
+
+
+def check_config(config: ml_collections.ConfigDict) -> None:
+  """Values that no run can use: one ConfigError naming the field."""
+  problems = []
+
+  def need(ok, text):
+    if not ok:
+      problems.append(text)
+
+  need(config.batch_size >= 1,
+       f"batch_size must be positive, got {config.batch_size}")
+  for name in ("log_every_steps", "checkpoint_every_steps",
+               "max_checkpoints_to_keep"):
+    need(config[name] >= 1, f"{name} must be >= 1, got {config[name]}")
+  need(config.num_train_steps > 0 or (_finite(config.num_epochs) and
+                                      config.num_epochs > 0),
+       f"num_epochs must be > 0 when num_train_steps <= 0 (got num_epochs="
+       f"{config.num_epochs}, num_train_steps={config.num_train_steps})")
+  o = config.optim
+  need(_finite(o.learning_rate) and o.learning_rate > 0,
+       f"optim.learning_rate must be a positive number, got "
+       f"{o.learning_rate}")
+  need(_finite(o.momentum) and 0 <= o.momentum < 1,
+       f"optim.momentum must be in [0, 1), got {o.momentum}")
+  need(_finite(o.weight_decay) and o.weight_decay >= 0,
+       f"optim.weight_decay must be >= 0, got {o.weight_decay}")
+  need(o.weight_decay_mode in DECAY_MODES,
+       f"optim.weight_decay_mode must be one of {DECAY_MODES}, got "
+       f"{o.weight_decay_mode!r}")
+  need(o.schedule in SCHEDULES,
+       f"optim.schedule must be one of {SCHEDULES}, got {o.schedule!r}")
+  need(_finite(o.warmup_epochs) and o.warmup_epochs >= 0,
+       f"optim.warmup_epochs must be >= 0, got {o.warmup_epochs}")
+  need(all(_finite(e) and e >= 0 for e in o.step_epochs),
+       f"optim.step_epochs must be epochs >= 0, got {tuple(o.step_epochs)}")
+  need(o.plateau_patience >= 1,
+       f"optim.plateau_patience must be >= 1, got {o.plateau_patience}")
+  need(_finite(o.plateau_factor) and 0 < o.plateau_factor <= 1,
+       f"optim.plateau_factor must be in (0, 1], got {o.plateau_factor}")
+  if problems:
+    raise ConfigError("; ".join(problems))
+  try:  # The model's own checks (names, sizes), without allocating it.
+    nnx.eval_shape(lambda: model_lib.from_config(config.model,
+                                                 rngs=nnx.Rngs(0)))
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
+
+
+def check_workdir(workdir: str) -> None:
+  """The workdir is a directory, or can be created as one."""
+  path = os.path.abspath(os.path.expanduser(workdir))
+  if os.path.exists(path) and not os.path.isdir(path):
+    raise ConfigError(f"--workdir {workdir} is a file, not a directory: "
+                      f"give a new directory or a previous run's workdir")
+  parent = path
+  while not os.path.exists(parent):
+    parent = os.path.dirname(parent)
+  if not os.path.isdir(parent) or not os.access(parent, os.W_OK | os.X_OK):
+    raise ConfigError(f"--workdir {workdir} cannot be created: {parent} is "
+                      f"not a writable directory")
+
+
+def check_mesh(config: ml_collections.ConfigDict):
+  """The mesh fits the devices and the batch splits over its data axis."""
+  mesh = sharding.create_mesh(config.mesh)
+  if config.batch_size % mesh.shape[sharding.DATA]:
+    # The towers of a pair see the same rows: only `data` splits the batch.
+    raise ConfigError(f"batch_size {config.batch_size} is not divisible by "
+                      f"the mesh's {mesh.shape[sharding.DATA]} data shards")
+  return mesh
+
+
+def check_data(config: ml_collections.ConfigDict, *, train: bool,
+               process_count: int = 1) -> dict[str, input_pipeline.Split]:
+  """Every split the run reads is found and counted; classes match."""
+  d = config.data
+  size = model_lib.input_size(config.model)
+  input_pipeline.check_options(config, size)
+  splits = ([d.train_split] if train else []) + [d.eval_split]
+  out = {}
+  for split in splits:
+    info = input_pipeline.describe_split(config, split, size, process_count)
+    if d.source != "synthetic" and info.num_classes != (
+        config.model.num_classes):
+      where = (f"folder {os.path.join(d.path, split)}" if d.source == "folder"
+               else f"TFDS {d.name}")
+      raise input_pipeline.DataError(
+          f"the data has {info.num_classes} classes ({where}), the model "
+          f"{config.model.num_classes}: set --config.model.num_classes="
+          f"{info.num_classes}")
+    out[split] = info
+  return out
+
+
+def run(config: ml_collections.ConfigDict, workdir: str, *, train: bool,
+        process_count: int = 1) -> dict[str, input_pipeline.Split]:
+  """All of the above, in the order a user would fix them."""
+  check_config(config)
+  check_workdir(workdir)
+  check_mesh(config)
+  return check_data(config, train=train, process_count=process_count)
