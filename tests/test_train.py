@@ -13,7 +13,11 @@ import numpy as np
 import optax
 import pytest
 
+from alexnet_jax import preflight
 from alexnet_jax import train
+from configs import ablation_activation
+from configs import ablation_cifar10
+from configs import ablation_imagenet
 from configs import cifar10, default, smoke
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -141,12 +145,17 @@ def test_topk_correct_counts_ties_against():
 @pytest.mark.parametrize("module,arg", [(default, None), (default, "runlocal"),
                                         (default, "cifar10"),
                                         (cifar10, None), (cifar10, "runlocal"),
-                                        (smoke, None)])
+                                        (smoke, None),
+                                        (ablation_cifar10, None),
+                                        (ablation_cifar10, "towers,batchnorm"),
+                                        (ablation_imagenet, "imagenette"),
+                                        (ablation_activation, None)])
 def test_configs_load(module, arg):
   config = module.get_config(arg)
   assert isinstance(config, ml_collections.ConfigDict)
   for block in ("model", "data", "optim", "mesh"):
     assert block in config
+  preflight.check_config(config)  # Every shipped config's values can work.
 
 
 def test_unknown_config_option_is_rejected():

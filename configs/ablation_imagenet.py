@@ -1,0 +1,40 @@
+"""The paper's LRN x pooling ablation at 227x227 on ImageNet, for a GPU.
+
+  python -m experiments.ablation --config=configs/ablation_imagenet.py \
+      --workdir=/tmp/ablation_imagenet \
+      --config.data.manual_dir=/path/to/ILSVRC2012_tars
+
+The paper's network and recipe (configs/default.py) with a shortened
+schedule: 30 epochs, the rate divided by 10 at epochs 15 and 25. Option
+`:imagenette` runs the same grid on TFDS imagenette (10 classes, about
+9,500 training images; `--config.data.download=True` the first time), a
+size a single GPU finishes in hours. Extra axes as in
+configs/ablation_cifar10.py (`:towers`, `:pca`, `:dropout`, `:batchnorm`,
+comma-separated, after `imagenette,` if both).
+"""
+
+import ml_collections
+
+from configs import ablation_cifar10
+from configs import default
+
+
+def get_config(arg=None):
+  options = arg.split(",") if arg else []
+  config = default.get_config()
+  config.num_epochs = 30
+  config.optim.schedule = "step"
+  config.optim.step_epochs = (15, 25)
+  if "imagenette" in options:
+    options.remove("imagenette")
+    d = config.data
+    d.name = "imagenette/full-size-v2"
+    d.eval_split = "validation"
+    config.model.num_classes = 10
+    d.eval_crops = 1
+
+  config.sweep = s = ml_collections.ConfigDict()
+  s.axes = ("model.norm=lrn|none", "model.pool=overlap|nonoverlap")
+  s.seeds = (0, 1, 2)
+  s.axes = ablation_cifar10.with_extra_axes(s.axes, options)
+  return config

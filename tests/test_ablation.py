@@ -1,0 +1,120 @@
+"""The sweep runner and its report, on tiny synthetic cells."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from experiments import ablation
+from experiments import sweep_report
+from tests.test_checkpoint import ROOT, environment
+
+TINY = ["--config.data.source=synthetic", "--config.model.width=0.125",
+        "--config.data.num_train_examples=128",
+        "--config.data.num_eval_examples=64", "--config.batch_size=32",
+        "--config.num_epochs=2", "--config.log_every_steps=2",
+        "--config.data.synthetic_noise=1.0"]
+
+
+def sweep(workdir, *extra, wait=True):
+  command = [sys.executable, "-m", "experiments.ablation",
+             "--config=configs/ablation_cifar10.py", f"--workdir={workdir}",
+             *TINY, *extra]
+  if not wait:
+    return subprocess.Popen(command, cwd=ROOT, env=environment(),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+  return subprocess.run(command, cwd=ROOT, env=environment(),
+                        capture_output=True, text=True, timeout=900)
+
+
+def test_axes_parse_and_cells_start_with_the_reference():
+  axes = ablation.parse_axes(("model.norm=lrn|none", "model.towers=2|1",
+                              "data.pca_lighting=True|False"))
+  assert axes[1] == ("model.towers", [2, 1])
+  assert axes[2] == ("data.pca_lighting", [True, False])
+  grid = ablation.cells(axes)
+  assert len(grid) == 8
+  assert grid[0] == {"model.norm": "lrn", "model.towers": 2,
+                     "data.pca_lighting": True}
+  with pytest.raises(ValueError, match="twice"):
+    ablation.parse_axes(("model.norm=lrn|none", "model.norm=lrn|batchnorm"))
+
+
+def test_welch_matches_a_hand_computation():
+  a, b = [10.0, 12.0, 14.0], [13.0, 15.0, 20.0]
+  # By hand: means 12 and 16; variances 4 and 13; se = sqrt(4/3 + 13/3).
+  se = (17 / 3) ** 0.5
+  df = (17 / 3) ** 2 / ((4 / 3) ** 2 / 2 + (13 / 3) ** 2 / 2)
+  got = sweep_report.welch(a, b)
+  np.testing.assert_allclose([got["diff"], got["se"], got["t"], got["df"]],
+                             [4.0, se, 4.0 / se, df], rtol=1e-12)
+  want = stats.ttest_ind(b, a, equal_var=False)
+  np.testing.assert_allclose([got["t"], got["p"]],
+                             [want.statistic, want.pvalue], rtol=1e-10)
+  assert sweep_report.mean_std([1.0, 2.0, 3.0, 4.0]) == (2.5, np.std(
+      [1.0, 2.0, 3.0, 4.0], ddof=1))
+
+
+def test_a_2x2_sweep_runs_reports_and_skips_what_is_done(tmp_path):
+  proc = sweep(tmp_path, "--config.sweep.seeds=(0, 1)")
+  assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+  results = tmp_path / "results"
+  runs = sorted(os.listdir(results / "runs"))
+  assert len(runs) == 8  # 2 x 2 cells x 2 seeds.
+  assert "norm-lrn_pool-overlap__seed0.json" in runs
+  for name in ("results.md", "results.json", "curves.png", "bars.png"):
+    assert (results / name).stat().st_size > 0
+  assert "epoch 2.00/2" in proc.stdout and "sweep ETA" in proc.stdout
+  record = json.loads((results / "runs" / runs[0]).read_text())
+  assert [e["epoch"] for e in record["epochs"]] == [1.0, 2.0]
+  assert record["command"].startswith("python -m alexnet_jax.main")
+  report = json.loads((results / "results.json").read_text())
+  assert report["runs_done"] == report["runs_planned"] == 8
+  assert report["missing"] == []
+  # One comparison over all cells and one per context, for each axis.
+  assert len(report["comparisons"]) == 2 * 3
+  # The report is rebuilt from the per-run files alone, identically.
+  rebuilt = json.loads(json.dumps(sweep_report.build(str(results))))
+  assert rebuilt == report
+  md = (results / "results.md").read_text()
+  assert "model.norm=none instead of lrn (over all cells, n = 4 vs 4" in md
+
+  before = {r: (results / "runs" / r).stat().st_mtime_ns for r in runs}
+  again = sweep(tmp_path, "--config.sweep.seeds=(0, 1)")
+  assert again.returncode == 0
+  assert "8 done, 0 to run" in again.stdout
+  assert "alexnet_jax.main" not in again.stdout  # Nothing was trained.
+  assert before == {r: (results / "runs" / r).stat().st_mtime_ns
+                    for r in runs}
+
+
+def test_a_killed_run_resumes_and_only_what_is_missing_runs(tmp_path):
+  args = ["--config.sweep.axes=('model.pool=overlap|nonoverlap',)",
+          "--config.sweep.seeds=(0,)", "--config.num_epochs=6"]
+  runner = sweep(tmp_path, *args, wait=False)
+  first = tmp_path / "runs" / "pool-overlap" / "seed0" / "checkpoints"
+  deadline = time.time() + 300
+  while not (first.is_dir() and any(p.name.isdigit() for p in first.iterdir())):
+    assert time.time() < deadline and runner.poll() is None
+    time.sleep(0.2)
+  child = subprocess.run(["pgrep", "-P", str(runner.pid)], capture_output=True,
+                         text=True).stdout.split()
+  assert len(child) == 1
+  os.kill(int(child[0]), signal.SIGKILL)
+  out, _ = runner.communicate(timeout=120)
+  assert runner.returncode != 0 and "exited with code -9" in out
+  assert not (tmp_path / "results" / "runs").exists()
+
+  proc = sweep(tmp_path, *args)
+  assert proc.returncode == 0, proc.stdout[-3000:]
+  assert "0 done, 2 to run" in proc.stdout
+  assert "resuming from the checkpoint at step" in proc.stdout
+  assert sorted(os.listdir(tmp_path / "results" / "runs")) == [
+      "pool-nonoverlap__seed0.json", "pool-overlap__seed0.json"]
