@@ -1,8 +1,13 @@
 """Trains the JAX model and an independent PyTorch twin side by side.
 
   python -m experiments.torch_twin --config=configs/cifar10.py \
-      --config.data.path=~/.cache/alexnet_jax/cifar10 --steps=300 \
-      --out=experiments/results/torch_twin/paper_init
+      --config.model.init=paper --config.data.std="()" \
+      --config.optim.schedule=constant --config.optim.warmup_epochs=0 \
+      --config.batch_size=128 --steps=400 \
+      --out=experiments/results/torch_twin/cifar10_paper_init
+
+(the committed twin run: the paper's init and 0-255 pixels at the paper's
+batch and constant rate; drop the first two overrides for the recipe).
 
 Both networks start from the same parameters (the JAX model's initial
 parameters copied into `torch.nn`), see the same batches (the project's

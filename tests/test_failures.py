@@ -78,6 +78,16 @@ def test_validation_split_finds_val_and_is_read(tmp_path):
   assert "eval_examples=12" in proc.stdout  # All of val/, 3 x 4 images.
 
 
+def test_val_split_finds_validation(tmp_path):
+  data = image_folder(tmp_path / "data", splits=("train", "validation"),
+                      per_class=2)
+  proc = run(tmp_path / "w", *FOLDER, f"--config.data.path={data}",
+             "--config.data.eval_split=val", "--config.num_train_steps=2",
+             "--config.batch_size=4")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert "eval_examples=6" in proc.stdout  # All of validation/, 3 x 2.
+
+
 def test_missing_eval_split_stops_before_the_first_step(tmp_path):
   data = image_folder(tmp_path / "data", splits=("train",))
   workdir = tmp_path / "w"
@@ -141,12 +151,21 @@ def test_workdir_that_is_a_file(tmp_path):
   assert path.read_text() == "keep me"
 
 
+def test_workdir_that_cannot_be_created(tmp_path):
+  path = tmp_path / "notes.txt"
+  path.write_text("keep me")
+  proc = run(path / "run")
+  assert_one_error(proc, 2, "cannot be created", "not a writable directory")
+  assert path.read_text() == "keep me"
+
+
 @pytest.mark.parametrize("flag,message", [
     ("--config.optim.learning_rate=-1", "optim.learning_rate must be a "
      "positive number, got -1"),
     ("--config.optim.learning_rate=nan", "optim.learning_rate"),
     ("--config.optim.momentum=1.5", "optim.momentum must be in [0, 1)"),
     ("--config.optim.warmup_epochs=-1", "optim.warmup_epochs"),
+    ("--config.optim.weight_decay=-1", "optim.weight_decay must be >= 0"),
     ("--config.log_every_steps=0", "log_every_steps must be >= 1"),
 ])
 def test_values_that_cannot_work_stop_before_anything(tmp_path, flag,
@@ -250,9 +269,9 @@ def wait_for_line(proc, is_it, timeout=600):
   raise AssertionError("the process ended before the line came")
 
 
-def run_until_stopped(tmp_path, after, *extra):
-  """Trains on a folder until after(line), sends SIGTERM; returns the
-  process and the seconds from its stop message to its exit."""
+def run_until_stopped(tmp_path, after, *extra, sig=signal.SIGTERM):
+  """Trains on a folder until after(line), sends sig; returns the process
+  and the seconds from its stop message to its exit."""
   data = image_folder(tmp_path / "data", per_class=20)
   proc = subprocess.Popen(
       [*command(tmp_path / "w"), *FOLDER, f"--config.data.path={data}",
@@ -260,8 +279,8 @@ def run_until_stopped(tmp_path, after, *extra):
        *extra], cwd=ROOT, env=environment(), stdout=subprocess.PIPE,
       stderr=subprocess.DEVNULL, text=True)
   wait_for_line(proc, after)
-  proc.send_signal(signal.SIGTERM)
-  stopped = wait_for_line(proc, lambda l: "stopped by SIGTERM" in l)
+  proc.send_signal(sig)
+  stopped = wait_for_line(proc, lambda l: f"stopped by {sig.name}" in l)
   proc.stdout.read()
   proc.wait(timeout=120)
   return proc, time.time() - stopped
@@ -288,6 +307,13 @@ def test_sigterm_exits_promptly_after_the_save(tmp_path):
   assert proc.returncode == 0
   # A functional limit, not a speed test: cloud preemption gives ~30 s.
   assert seconds < 10, f"exited {seconds:.1f} s after the stop message"
+
+
+def test_ctrl_c_saves_and_exits_promptly(tmp_path):
+  proc, seconds = run_until_stopped(tmp_path, at_step(20), sig=signal.SIGINT)
+  assert proc.returncode == 0
+  assert seconds < 10, f"exited {seconds:.1f} s after the stop message"
+  assert saved_steps(tmp_path / "w"), "no checkpoint saved on Ctrl-C"
 
 
 @pytest.mark.slow
