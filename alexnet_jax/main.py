@@ -66,6 +66,10 @@ def main(argv):
   except FloatingPointError as e:
     print(f"error: training diverged: {e}", file=sys.stderr)
     return 3
+  except KeyboardInterrupt:  # A second SIGTERM/Ctrl-C: stop without saving.
+    print("stopped at once by a second signal; the checkpoints saved before "
+          "are intact", file=sys.stderr)
+    return 130
   return 0
 
 

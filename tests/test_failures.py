@@ -309,6 +309,27 @@ def test_sigterm_exits_promptly_after_the_save(tmp_path):
   assert seconds < 10, f"exited {seconds:.1f} s after the stop message"
 
 
+SECOND_SIGNAL = """
+import sys
+from absl import app
+from alexnet_jax import main, train
+def interrupted(*args, **kwargs):
+  raise KeyboardInterrupt  # What StopRequest raises on a second signal.
+train.train_and_evaluate = interrupted
+sys.argv = ["main", "--config=configs/smoke.py", "--workdir=" + sys.argv[1]]
+app.run(main.main, flags_parser=main.parse_flags)
+"""
+
+
+def test_a_second_signal_stops_at_once_in_one_line(tmp_path):
+  proc = subprocess.run([*command(tmp_path)[:1], "-c", SECOND_SIGNAL,
+                         str(tmp_path / "w")], cwd=ROOT, env=environment(),
+                        capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 130, proc.stderr[-3000:]
+  assert "stopped at once by a second signal" in proc.stderr
+  assert "Traceback" not in proc.stderr
+
+
 def test_ctrl_c_saves_and_exits_promptly(tmp_path):
   proc, seconds = run_until_stopped(tmp_path, at_step(20), sig=signal.SIGINT)
   assert proc.returncode == 0
