@@ -83,17 +83,12 @@ def plot(run: dict, twin: dict | None, path: str, title: str) -> None:
 def main(argv):
   del argv
   run = step_rows(FLAGS.workdir)
-  run["command"] = FLAGS.run_command
-  run["commit"] = FLAGS.commit
-  run.update(json.loads(FLAGS.extra) if FLAGS.extra else {})
   twin = None
   if FLAGS.twin:
     with open(FLAGS.twin) as f:
       twin = json.load(f)
     run["twin"] = FLAGS.twin
-  os.makedirs(FLAGS.out, exist_ok=True)
-  with open(os.path.join(FLAGS.out, "steps.json"), "w") as f:
-    json.dump(run, f, indent=1)
+  summary.write_json(run, FLAGS.out, "steps.json")
   plot(run, twin, os.path.join(FLAGS.out, "steps.png"), FLAGS.title)
   last = run["evals"][-1] if run["evals"] else {}
   print(f"{run['steps'][-1]} steps; last train loss {run['train_loss'][-1]:.4f}"

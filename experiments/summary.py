@@ -110,15 +110,20 @@ def plot(summary: dict, path: str, title: str = "") -> None:
   plt.close(fig)
 
 
+def write_json(data: dict, out: str, name: str) -> None:
+  """data with the --run_command, --commit and --extra flags, as OUT/name."""
+  data["command"] = FLAGS.run_command
+  data["commit"] = FLAGS.commit
+  data.update(json.loads(FLAGS.extra) if FLAGS.extra else {})
+  os.makedirs(out, exist_ok=True)
+  with open(os.path.join(out, name), "w") as f:
+    json.dump(data, f, indent=1)
+
+
 def main(argv):
   del argv
   summary = summarize(FLAGS.workdir)
-  summary["command"] = FLAGS.run_command
-  summary["commit"] = FLAGS.commit
-  summary.update(json.loads(FLAGS.extra) if FLAGS.extra else {})
-  os.makedirs(FLAGS.out, exist_ok=True)
-  with open(os.path.join(FLAGS.out, "metrics.json"), "w") as f:
-    json.dump(summary, f, indent=1)
+  write_json(summary, FLAGS.out, "metrics.json")
   plot(summary, os.path.join(FLAGS.out, "curve.png"), FLAGS.title)
   last = summary["epochs"][-1] if summary["epochs"] else {}
   print(f"{len(summary['epochs'])} evaluations; last: epoch "

@@ -8,6 +8,7 @@ README "Failures" lists the same cases.
 import pathlib
 import signal
 import subprocess
+import sys
 import time
 
 import numpy as np
@@ -322,7 +323,7 @@ app.run(main.main, flags_parser=main.parse_flags)
 
 
 def test_a_second_signal_stops_at_once_in_one_line(tmp_path):
-  proc = subprocess.run([*command(tmp_path)[:1], "-c", SECOND_SIGNAL,
+  proc = subprocess.run([sys.executable, "-c", SECOND_SIGNAL,
                          str(tmp_path / "w")], cwd=ROOT, env=environment(),
                         capture_output=True, text=True, timeout=300)
   assert proc.returncode == 130, proc.stderr[-3000:]
