@@ -24,7 +24,7 @@ from configs import default
 def get_config(arg=None):
   config = default.get_config()
   config.batch_size = 64
-  config.num_epochs = 40
+  config.num_epochs = 30
   config.log_every_steps = 50
 
   m = config.model
