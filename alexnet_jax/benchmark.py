@@ -199,7 +199,7 @@ class TorchStep:
     size = model_lib.input_size(config.model)
     self.x = torch.randn(batch_size, 3, size, size)
     self.y = torch.randint(0, config.model.num_classes, (batch_size,))
-    # The paper's update: coupled decay, momentum, as train.create_optimizer.
+    # The paper's update: coupled decay, momentum, as optim.create_optimizer.
     self.opt = torch.optim.SGD(self.model.parameters(),
                                lr=config.optim.learning_rate,
                                momentum=config.optim.momentum,

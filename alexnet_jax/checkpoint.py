@@ -8,15 +8,23 @@ the step, so the step is their position.
 
 Saves are asynchronous and atomic: orbax writes into a temporary directory
 and renames it when complete, so a crash or SIGKILL during a save leaves the
-previous checkpoint as it was.
+previous checkpoint as it was. `restore_latest` resumes from the newest
+step that restores, naming (and setting aside) any that does not.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 
 import jax
+import ml_collections
 import orbax.checkpoint as ocp
+from flax import nnx
+
+from alexnet_jax import preflight
+
+ConfigError = preflight.ConfigError
 
 
 def _is_key(x) -> bool:
@@ -118,3 +126,110 @@ class Checkpoints:
   def close(self):
     self.latest.close()
     self.best.close()
+
+
+# ---------------------------------------------------------------- restore
+
+
+def run_state(run) -> dict:
+  """The arrays a checkpoint holds: run's model and optimizer states as
+  plain nested dicts (`run` is a train.Run or anything with model_state,
+  opt_state and config)."""
+  return {"model": nnx.to_pure_dict(run.model_state),
+          "opt": nnx.to_pure_dict(run.opt_state)}
+
+
+def restore_into(run, ckpts: Checkpoints, step: int, *,
+                 best: bool = False) -> dict:
+  """Loads checkpoint `step` into run's states; returns its meta."""
+  meta = ckpts.read_meta(step, best=best)
+  check_compatible(meta, run.config)
+  state, meta = ckpts.restore(step, run_state(run), best=best)
+  nnx.replace_by_pure_dict(run.model_state, state["model"])
+  nnx.replace_by_pure_dict(run.opt_state, state["opt"])
+  return meta
+
+
+def _restore_error(error: BaseException) -> str:
+  """What was wrong, in a line: the innermost cause's first line (for a
+  damaged file, TensorStore's 'Error reading ... byte range ...')."""
+  while (error.__cause__ or error.__context__) is not None:
+    error = error.__cause__ or error.__context__
+  lines = [l.strip() for l in str(error).splitlines() if l.strip()]
+  text = lines[0] if lines else type(error).__name__
+  return text.split(" See full TensorStore details")[0][:240]
+
+
+def _quiet_abandoned_reads():
+  """After a restore fails, orbax's reads of the other arrays still finish
+  on TensorStore threads and report to an event loop that has closed:
+  'Exception ignored in <coroutine _read_array_index_and_device_put>'
+  tracebacks, possibly much later. They say nothing the warning does not."""
+  previous = sys.unraisablehook
+  if getattr(previous, "quiets_orbax", False):
+    return
+
+  def hook(unraisable):
+    text = f"{unraisable.object!r} {unraisable.exc_value!r}"
+    if ("_read_array_index_and_device_put" in text or
+        "Event loop is closed" in text):
+      return
+    previous(unraisable)
+
+  hook.quiets_orbax = True
+  sys.unraisablehook = hook
+
+
+def restore_latest(run, ckpts: Checkpoints, *,
+                   best: bool = False, set_aside: bool = False) -> dict | None:
+  """Restores the newest checkpoint that restores; its meta, or None if the
+  workdir holds none.
+
+  A step that does not restore (a truncated or missing file, a half-written
+  save) is named in a warning and skipped; with set_aside (training, one
+  process) it is moved to checkpoints_corrupt/ once an older step has
+  restored, so that the run saves that step again. A checkpoint of another
+  model is a ConfigError, as is a workdir where no step restores; in both
+  cases nothing in the workdir has changed.
+  """
+  steps = ckpts.steps(best=best)
+  failed = []
+  for step in steps:
+    try:
+      meta = restore_into(run, ckpts, step, best=best)
+    except ConfigError:
+      raise
+    except Exception as e:  # pylint: disable=broad-except
+      # Orbax and TensorStore raise assorted types for unreadable files.
+      _quiet_abandoned_reads()
+      failed.append((step, _restore_error(e)))
+      continue
+    for bad, why in failed:
+      if set_aside and jax.process_count() == 1:
+        where = ckpts.set_aside(bad)
+        print(f"warning: checkpoint step {bad} does not restore ({why}); "
+              f"moved to {where}; resuming from step {step}",
+              file=sys.stderr, flush=True)
+      else:
+        print(f"warning: checkpoint step {bad} does not restore ({why}); "
+              f"using step {step}", file=sys.stderr, flush=True)
+    return meta
+  if not failed:
+    return None
+  where = ckpts.directory(best=best)
+  dirs = ", ".join(str(s) for s, _ in failed)
+  raise ConfigError(
+      f"no checkpoint in {where} restores (step {failed[0][0]}: "
+      f"{failed[0][1]}); move the step directories ({dirs}) out of {where} "
+      f"to start this run over, or use a new --workdir")
+
+
+def check_compatible(meta: dict, config: ml_collections.ConfigDict):
+  """A checkpoint of another model is a user error, never overwritten."""
+  saved, now = meta.get("model_config", {}), config.model.to_dict()
+  diff = [f"model.{k}={saved.get(k)!r} (now {now.get(k)!r})"
+          for k in sorted(set(saved) | set(now)) if saved.get(k) != now.get(k)]
+  if diff:
+    raise ConfigError(f"the workdir holds a checkpoint of a different model: "
+                      f"{', '.join(diff)}; use a new --workdir or the same "
+                      f"model config")

@@ -26,6 +26,7 @@ from flax import nnx
 
 from alexnet_jax import model as model_lib
 from alexnet_jax import sharding
+from alexnet_jax import steps
 from alexnet_jax import train
 
 COLLECTIVES = ("all-gather", "all-reduce", "reduce-scatter",
@@ -164,7 +165,7 @@ def analyze(config: ml_collections.ConfigDict, *,
                                       jnp.float32, sharding=rows),
         "label": jax.ShapeDtypeStruct((b,), jnp.int32, sharding=rows),
         "mask": jax.ShapeDtypeStruct((b,), jnp.bool_, sharding=rows)}
-    train_step, _ = train.make_steps(model_graph, opt_graph, eval_graph)
+    train_step, _ = steps.make_steps(model_graph, opt_graph, eval_graph)
     forward = jax.jit(lambda s, x: nnx.merge(eval_graph, s)(x))
     fwd = forward.lower(model_abs, batch_abs["image"]).compile(
         compiler_options)

@@ -148,7 +148,7 @@ class TorchTwin:
 
   step() applies  v <- m v - lr (wd w + g);  w <- w + v  by hand (weight
   decay on every parameter, or kernels only when optim.decay_biases is
-  False), as train.create_optimizer does. Dropout masks are torch's own.
+  False), as optim.create_optimizer does. Dropout masks are torch's own.
   """
 
   def __init__(self, config, model_state, threads: int = 2):

@@ -28,6 +28,7 @@ from flax import nnx
 from alexnet_jax import checkpoint as checkpoint_lib
 from alexnet_jax import input_pipeline
 from alexnet_jax import model as model_lib
+from alexnet_jax import steps
 from alexnet_jax import train
 
 FLAGS = flags.FLAGS
@@ -88,7 +89,7 @@ def report(config, batch_size: int, workdir: str | None = None) -> str:
   _, acts = model(x, return_activations=True)
 
   def loss_fn(m):
-    return train.cross_entropy(m(x), y).mean()
+    return steps.cross_entropy(m(x), y).mean()
 
   loss, grads = nnx.value_and_grad(loss_fn)(model)
   pre = lrn_inputs(model, x) if model.norm == "lrn" else {}

@@ -12,7 +12,7 @@ batch and constant rate; drop the first two overrides for the recipe).
 Both networks start from the same parameters (the JAX model's initial
 parameters copied into `torch.nn`), see the same batches (the project's
 input pipeline, each batch fed to both), take the same learning rate at
-every step (`train.LearningRate`) and the same update, written out by hand
+every step (`optim.LearningRate`) and the same update, written out by hand
 on the torch side:  v <- m v - lr (wd w + g);  w <- w + v. Only the dropout
 masks differ (each framework draws its own); with
 `--config.model.dropout_rate=0` the two runs are the same computation in two
@@ -48,6 +48,7 @@ import numpy as np
 
 from alexnet_jax import torch_peer
 from alexnet_jax import input_pipeline
+from alexnet_jax import optim
 from alexnet_jax import train
 
 FLAGS = flags.FLAGS
@@ -108,7 +109,7 @@ def main(argv):
   info, batches = input_pipeline.train_iterator(config,
                                                 image_size=run.image_size)
   steps_per_epoch, _ = train.steps_for(config, info.num_examples)
-  lr = train.LearningRate(config.optim, steps_per_epoch, FLAGS.steps)
+  lr = optim.LearningRate(config.optim, steps_per_epoch, FLAGS.steps)
   size = run.image_size
   twin = torch_peer.TorchTwin(config, run.model_state)
 

@@ -19,6 +19,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from alexnet_jax import checkpoint as checkpoint_lib
+from alexnet_jax import input_pipeline
 from alexnet_jax import train
 from configs import smoke
 
@@ -241,6 +242,55 @@ def test_plateau_state_survives_resume(tmp_path):
          .splitlines() if "train_loss" in l][-1]
   assert row["step"] == 4
   np.testing.assert_allclose(row["learning_rate"], 1e-9 * 0.01, rtol=1e-9)
+
+
+class SignalOnFirstBatch:
+  """Eval batches that send this process SIGTERM as the first is read."""
+
+  def __init__(self, batches):
+    self.batches, self.num_skipped = batches, 0
+
+  def __iter__(self):
+    for i, batch in enumerate(self.batches):
+      if i == 0:
+        os.kill(os.getpid(), signal.SIGTERM)
+      yield batch
+
+
+def test_a_signal_during_an_evaluation_saves_and_the_resume_evaluates(
+    tmp_path, monkeypatch, capsys):
+  config = tiny_config(num_train_steps=4, eval_every_steps=2)
+  real = input_pipeline.eval_iterator
+
+  def signalling(*args, **kwargs):
+    info, batches = real(*args, **kwargs)
+    return info, SignalOnFirstBatch(batches)
+
+  monkeypatch.setattr(input_pipeline, "eval_iterator", signalling)
+  out = train.train_and_evaluate(config, str(tmp_path))
+  # The stop did not wait for the evaluation (two batches of 32 rows).
+  assert out["stopped_at"] == 2
+  assert "eval_top1_error" not in out
+  assert "the evaluation at this step runs first on resume" in (
+      capsys.readouterr().out)
+  ckpts = checkpoint_lib.Checkpoints(str(tmp_path), max_to_keep=3)
+  assert ckpts.steps() == [2]
+  assert ckpts.read_meta(2)["eval_pending"] is True
+  ckpts.close()
+  assert not [l for l in (tmp_path / "metrics.jsonl").read_text()
+              .splitlines() if "eval_top1_error" in l]
+
+  monkeypatch.setattr(input_pipeline, "eval_iterator", real)
+  out = train.train_and_evaluate(config, str(tmp_path))
+  assert "resuming from the checkpoint at step 2" in capsys.readouterr().out
+  evals = [json.loads(l)["step"] for l in (tmp_path / "metrics.jsonl")
+           .read_text().splitlines() if "eval_top1_error" in l]
+  assert evals == [2, 4]
+  assert "stopped_at" not in out
+  ckpts = checkpoint_lib.Checkpoints(str(tmp_path), max_to_keep=3)
+  assert ckpts.read_meta(4)["eval_pending"] is False
+  assert ckpts.steps(best=True)
+  ckpts.close()
 
 
 def test_checkpoint_from_a_2x2_mesh_resumes_on_one_device(tmp_path):

@@ -14,6 +14,7 @@ from flax import nnx
 
 from configs import cifar10
 from alexnet_jax import input_pipeline
+from alexnet_jax import steps
 from alexnet_jax import train
 from tests import cifar_data
 from tests.test_train import run_main
@@ -46,7 +47,7 @@ def single_device_steps(config):
   model, optimizer, eval_graph = train.create_train_state(config)
   model_graph, model_state = nnx.split(model)
   opt_graph, opt_state = nnx.split(optimizer)
-  train_step, _ = train.make_steps(model_graph, opt_graph, eval_graph)
+  train_step, _ = steps.make_steps(model_graph, opt_graph, eval_graph)
   return model_state, opt_state, train_step
 
 

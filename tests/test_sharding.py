@@ -25,6 +25,7 @@ from flax import nnx
 
 from alexnet_jax import comm
 from alexnet_jax import sharding
+from alexnet_jax import steps
 from alexnet_jax import train
 from configs import default
 
@@ -103,7 +104,7 @@ def setup(mesh, **overrides):
       model_state, sharding.state_shardings(model_state, mesh))
   opt_state = sharding.place(opt_state,
                              sharding.state_shardings(opt_state, mesh))
-  train_step, _ = train.make_steps(model_graph, opt_graph, eval_graph)
+  train_step, _ = steps.make_steps(model_graph, opt_graph, eval_graph)
   forward = jax.jit(lambda s, x: nnx.merge(eval_graph, s)(x))
   return config, model_state, opt_state, train_step, forward
 

@@ -13,7 +13,9 @@ import numpy as np
 import optax
 import pytest
 
+from alexnet_jax import optim
 from alexnet_jax import preflight
+from alexnet_jax import steps
 from alexnet_jax import train
 from configs import ablation_activation
 from configs import ablation_cifar10
@@ -33,7 +35,7 @@ def optim_config(**overrides):
 def test_sgd_step_is_the_papers_update():
   """v <- 0.9 v - 0.0005 e w - e g;  w <- w + v, over three steps."""
   e, m, wd = 0.01, 0.9, 5e-4
-  tx = train.create_optimizer(optim_config())
+  tx = optim.create_optimizer(optim_config())
   rng = np.random.default_rng(0)
   w = {"kernel": rng.normal(size=(3, 4)), "bias": rng.normal(size=(4,))}
   params = jax.tree.map(jnp.asarray, w)
@@ -53,7 +55,7 @@ def test_sgd_step_is_the_papers_update():
 def test_rate_change_does_not_rescale_the_velocity():
   # The paper's velocity keeps the rate each gradient entered with; optax.sgd
   # would multiply the whole trace by the new rate.
-  tx = train.create_optimizer(optim_config(weight_decay=0.0))
+  tx = optim.create_optimizer(optim_config(weight_decay=0.0))
   params = jnp.zeros(())
   state = tx.init(params)
   u1, state = tx.update(jnp.ones(()), state, params, learning_rate=0.01)
@@ -71,7 +73,7 @@ def test_weight_decay_modes_and_bias_exclusion():
       ("decoupled", True, -0.01 * 5e-4, -0.01 * 5e-4),
       ("decoupled", False, -0.01 * 5e-4, 0.0),
       ("none", True, 0.0, 0.0)]:
-    tx = train.create_optimizer(optim_config(weight_decay_mode=mode,
+    tx = optim.create_optimizer(optim_config(weight_decay_mode=mode,
                                              decay_biases=decay_biases))
     u, _ = tx.update(zeros, tx.init(params), params, learning_rate=0.01)
     np.testing.assert_allclose(u["kernel"], want_k, rtol=1e-6, err_msg=mode)
@@ -79,7 +81,7 @@ def test_weight_decay_modes_and_bias_exclusion():
 
 
 def test_decoupled_decay_stays_out_of_the_velocity():
-  tx = train.create_optimizer(optim_config(weight_decay_mode="decoupled",
+  tx = optim.create_optimizer(optim_config(weight_decay_mode="decoupled",
                                            weight_decay=0.5))
   w = jnp.ones(())
   state = tx.init(w)
@@ -89,7 +91,7 @@ def test_decoupled_decay_stays_out_of_the_velocity():
 
 
 def test_step_schedule_divides_by_ten_at_the_given_epochs():
-  lr = train.LearningRate(optim_config(schedule="step", step_epochs=(2, 3)),
+  lr = optim.LearningRate(optim_config(schedule="step", step_epochs=(2, 3)),
                           steps_per_epoch=5, total_steps=100)
   # Step s is produced by update s; epoch 2 begins with update 11.
   got = [lr(s) for s in (1, 10, 11, 15, 16, 100)]
@@ -98,7 +100,7 @@ def test_step_schedule_divides_by_ten_at_the_given_epochs():
 
 
 def test_cosine_schedule_warms_up_then_decays_to_zero():
-  lr = train.LearningRate(optim_config(schedule="cosine", warmup_epochs=1.0),
+  lr = optim.LearningRate(optim_config(schedule="cosine", warmup_epochs=1.0),
                           steps_per_epoch=10, total_steps=110)
   np.testing.assert_allclose([lr(1), lr(10), lr(11), lr(61), lr(110)],
                              [0.001, 0.01, 0.01, 0.005, 0.01 * 0.5 * (
@@ -107,7 +109,7 @@ def test_cosine_schedule_warms_up_then_decays_to_zero():
 
 @pytest.mark.parametrize("schedule", ["constant", "step", "plateau"])
 def test_warmup_ramps_every_schedule(schedule):
-  lr = train.LearningRate(optim_config(schedule=schedule, warmup_epochs=0.5,
+  lr = optim.LearningRate(optim_config(schedule=schedule, warmup_epochs=0.5,
                                        step_epochs=(2,)),
                           steps_per_epoch=8, total_steps=100)
   np.testing.assert_allclose([lr(1), lr(2), lr(4), lr(5), lr(16), lr(17)],
@@ -117,7 +119,7 @@ def test_warmup_ramps_every_schedule(schedule):
 
 
 def test_plateau_divides_after_patience_at_most_n_times():
-  lr = train.LearningRate(optim_config(schedule="plateau", plateau_patience=2,
+  lr = optim.LearningRate(optim_config(schedule="plateau", plateau_patience=2,
                                        plateau_max_reductions=2),
                           steps_per_epoch=10, total_steps=100)
   errors = [0.9, 0.8, 0.8, 0.85, 0.7, 0.7, 0.7, 0.7, 0.7, 0.7, 0.7]
@@ -131,14 +133,14 @@ def test_plateau_divides_after_patience_at_most_n_times():
 
 def test_unknown_schedule_is_a_config_error():
   with pytest.raises(train.ConfigError, match="optim.schedule"):
-    train.LearningRate(optim_config(schedule="linear"), 1, 1)
+    optim.LearningRate(optim_config(schedule="linear"), 1, 1)
 
 
 def test_topk_correct_counts_ties_against():
   logits = jnp.array([[3.0, 1.0, 2.0], [1.0, 1.0, 0.0]])
-  np.testing.assert_array_equal(train.topk_correct(logits, jnp.array([2, 1]),
+  np.testing.assert_array_equal(steps.topk_correct(logits, jnp.array([2, 1]),
                                                    1), [0.0, 0.0])
-  np.testing.assert_array_equal(train.topk_correct(logits, jnp.array([2, 1]),
+  np.testing.assert_array_equal(steps.topk_correct(logits, jnp.array([2, 1]),
                                                    2), [1.0, 1.0])
 
 
@@ -228,7 +230,7 @@ def test_ten_crop_eval_averages_the_softmax_and_masks_padding():
   model, optimizer, eval_graph = train.create_train_state(config)
   model_graph, model_state = nnx.split(model)
   opt_graph, _ = nnx.split(optimizer)
-  _, eval_step = train.make_steps(model_graph, opt_graph, eval_graph)
+  _, eval_step = steps.make_steps(model_graph, opt_graph, eval_graph)
   images = jax.random.normal(jax.random.key(0), (3, 10, 32, 32, 3))
   labels = jnp.array([1, 2, 3])
   out = eval_step(model_state, {"image": images, "label": labels,

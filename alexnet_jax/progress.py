@@ -1,0 +1,151 @@
+"""What a run shows and hears while it trains: console lines, metrics.jsonl
+and TensorBoard events, the rate and ETA over the steps not yet fetched,
+and the stop signals.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+
+import jax
+import numpy as np
+
+
+class Diverged(FloatingPointError):
+  """The training loss became NaN or infinite."""
+
+
+class MetricsLog:
+  """Console lines, metrics.jsonl and TensorBoard events (process 0 only)."""
+
+  def __init__(self, workdir: str):
+    self.enabled = jax.process_index() == 0
+    self.path = os.path.join(workdir, "metrics.jsonl")
+    self.tb = None
+    if self.enabled:
+      from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+      self.tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+
+  def write(self, step: int, scalars: dict[str, float], suffix: str = "",
+            epoch: float | None = None):
+    """One row: console, TensorBoard, and metrics.jsonl (which also gets the
+    epoch and the wall time, for curves per epoch and against time)."""
+    if not self.enabled:
+      return
+    row = {"step": step, **scalars, "wall_time": round(time.time(), 3)}
+    if epoch is not None:
+      row["epoch"] = round(epoch, 6)
+    with open(self.path, "a") as f:
+      f.write(json.dumps(row) + "\n")
+    for k, v in scalars.items():
+      self.tb.add_scalar(k, v, step)
+    self.tb.flush()
+    text = "  ".join(f"{k}={v:.4g}" for k, v in scalars.items())
+    print(f"step {step:>7d}  {text}{suffix}", flush=True)
+
+  def info(self, text: str):
+    if self.enabled:
+      print(text, flush=True)
+
+  def close(self):
+    if self.tb is not None:
+      self.tb.close()
+
+
+def eta(seconds: float) -> str:
+  m, s = divmod(int(seconds), 60)
+  h, m = divmod(m, 60)
+  return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
+
+
+class StopRequest:
+  """SIGTERM/SIGINT: the loop saves a checkpoint and exits after this step.
+
+  One process: a signal handler sets a flag. Several processes: every process
+  must stop at the same step, so the decision is JAX's preemption sync point
+  (its service catches SIGTERM once jax.distributed is initialized), read
+  through orbax's `reached_preemption`.
+  """
+
+  def __init__(self):
+    self.signal = None
+    self._previous = {}
+
+  def __enter__(self):
+    if jax.process_count() == 1:
+      for sig in (signal.SIGTERM, signal.SIGINT):
+        self._previous[sig] = signal.signal(sig, self._handle)
+    return self
+
+  def _handle(self, signum, frame):
+    del frame
+    if self.signal is not None:  # A second signal: stop without waiting.
+      raise KeyboardInterrupt
+    self.signal = signal.Signals(signum).name
+
+  def __exit__(self, *exc):
+    for sig, handler in self._previous.items():
+      signal.signal(sig, handler)
+
+  def requested(self, step: int, ckpts) -> bool:
+    if jax.process_count() > 1:
+      if ckpts.latest.reached_preemption(step):
+        self.signal = "preemption"
+    return self.signal is not None
+
+
+class Window:
+  """The step metrics dispatched since the last log line.
+
+  The train step runs asynchronously; its metrics are fetched together when
+  a line is due, so that logging does not wait for every step. `fetch`
+  checks every fetched loss and averages the window.
+  """
+
+  def __init__(self, start_step: int, num_steps: int, batch_size: int):
+    self.start_step, self.num_steps = start_step, num_steps
+    self.batch_size = batch_size
+    self.pending = []
+    self.images_per_sec = 0.0
+    self.run_start = self.start = time.perf_counter()
+
+  def add(self, metrics: dict):
+    self.pending.append(metrics)
+
+  def restart(self, run: bool = False):
+    """Starts timing the window anew (after an evaluation, which is not
+    training); with run, the rate for the ETA too."""
+    self.start = time.perf_counter()
+    if run:
+      self.run_start = self.start
+
+  def fetch(self, step: int, last_good: int | None) -> dict[str, float] | None:
+    """train_<metric> means over the window, or None when nothing is
+    pending (sets images_per_sec); Diverged names the first non-finite
+    loss."""
+    if not self.pending:
+      return None
+    fetched = jax.device_get(self.pending)
+    for i, m in enumerate(fetched):
+      if not np.isfinite(m["loss"]):
+        bad = step - len(fetched) + 1 + i
+        kept = (f"the last good checkpoint (step {last_good}) is kept"
+                if last_good else "no checkpoint had been saved")
+        raise Diverged(f"the training loss is {m['loss']} at step {bad}; "
+                       f"{kept}; lower optim.learning_rate (or see README, "
+                       f"training notes) and rerun")
+    scalars = {f"train_{k}": float(np.mean([m[k] for m in fetched]))
+               for k in fetched[0]}
+    now = time.perf_counter()
+    self.images_per_sec = len(fetched) * self.batch_size / (now - self.start)
+    self.pending = []
+    self.start = now
+    return scalars
+
+  def eta(self, step: int) -> str:
+    """Time left at the mean rate since the run (or resume) started."""
+    rate = (step - self.start_step) / (time.perf_counter() - self.run_start)
+    return eta((self.num_steps - step) / max(rate, 1e-9))

@@ -1,0 +1,80 @@
+"""The jitted train and eval steps over split NNX state, and their metrics.
+
+Both steps are pure functions of (graph, state) so that the loop can donate
+the states, place them on a mesh and checkpoint them; the model and the
+optimizer are merged inside the step from graphs split once in setup.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+
+def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
+  return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+
+
+def topk_correct(scores: jax.Array, labels: jax.Array, k: int) -> jax.Array:
+  """1 where the label is among the k highest scores.
+
+  Ties count against: a network whose logits are all equal scores 0, not
+  100%, and a NaN score never counts as correct.
+  """
+  label_score = jnp.take_along_axis(scores, labels[:, None], axis=-1)
+  at_least = jnp.sum(scores >= label_score, axis=-1)
+  ok = (at_least <= k) & jnp.isfinite(label_score[:, 0])
+  return ok.astype(jnp.float32)
+
+
+def make_steps(model_graph, opt_graph, eval_graph):
+  """Pure jitted train and eval steps over split NNX state.
+
+  train_step(model_state, opt_state, batch, learning_rate) donates both
+  states. eval_step(model_state, batch) returns masked sums; a batch whose
+  images are (B, crops, H, W, 3) is scored by the softmax averaged over the
+  crops (the paper's 10-crop test).
+  """
+
+  def train_step(model_state, opt_state, batch, learning_rate):
+    model = nnx.merge(model_graph, model_state)
+    optimizer = nnx.merge(opt_graph, opt_state)
+
+    # Rows of unreadable images have mask=False and do not count.
+    mask = batch["mask"].astype(jnp.float32)
+    count = jnp.maximum(mask.sum(), 1.0)
+
+    def loss_fn(model):
+      logits = model(batch["image"])
+      return jnp.sum(cross_entropy(logits, batch["label"]) * mask) / count, (
+          logits)
+
+    grad_fn = nnx.value_and_grad(loss_fn, argnums=nnx.DiffState(0, nnx.Param),
+                                 has_aux=True)
+    (loss, logits), grads = grad_fn(model)
+    optimizer.update(model, grads, learning_rate=learning_rate)
+    correct = topk_correct(logits, batch["label"], 1)
+    metrics = {"loss": loss, "accuracy": jnp.sum(correct * mask) / count}
+    return nnx.state(model), nnx.state(optimizer), metrics
+
+  def eval_step(model_state, batch):
+    model = nnx.merge(eval_graph, model_state)
+    images, labels = batch["image"], batch["label"]
+    if images.ndim == 5:  # (B, crops, H, W, C): average the softmax.
+      b, crops = images.shape[:2]
+      logits = model(images.reshape(b * crops, *images.shape[2:]))
+      probs = jax.nn.softmax(logits).reshape(b, crops, -1).mean(axis=1)
+      nll = -jnp.log(jnp.take_along_axis(probs, labels[:, None], -1)[:, 0])
+      scores = probs
+    else:
+      scores = model(images)
+      nll = cross_entropy(scores, labels)
+    mask = batch["mask"].astype(jnp.float32)
+    return {"loss": jnp.sum(nll * mask),
+            "top1": jnp.sum(topk_correct(scores, labels, 1) * mask),
+            "top5": jnp.sum(topk_correct(scores, labels, 5) * mask),
+            "count": jnp.sum(mask)}
+
+  return (jax.jit(train_step, donate_argnums=(0, 1)), jax.jit(eval_step))
