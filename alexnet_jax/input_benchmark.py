@@ -32,8 +32,9 @@ import numpy as np
 
 from alexnet_jax import input_pipeline as ip
 from alexnet_jax import model as model_lib
+from alexnet_jax import sources
 
-# TensorFlow comes from ip._tf(), which keeps it off the accelerators.
+# TensorFlow comes from sources.lazy_tf(), which keeps it off the accelerators.
 # pylint: disable=protected-access
 
 IMAGENET_MEAN = (123.68, 116.78, 103.94)
@@ -49,7 +50,7 @@ def _photo(rng, height: int, width: int) -> np.ndarray:
   Pure noise would compress badly and decode slowly; this lands near the
   100-150 KB of an average ImageNet JPEG at quality 90.
   """
-  tf = ip._tf()
+  tf = sources.lazy_tf()
   coarse = rng.uniform(0, 255, (height // 24 + 2, width // 24 + 2, 3))
   image = tf.image.resize(coarse[None], [height, width], method="bicubic")[0]
   image = np.asarray(image) + rng.normal(0, 12, (height, width, 3))
@@ -58,7 +59,7 @@ def _photo(rng, height: int, width: int) -> np.ndarray:
 
 def _write_jpegs(root: pathlib.Path, n: int, height: int, width: int,
                  seed: int = 0):
-  tf = ip._tf()
+  tf = sources.lazy_tf()
   rng = np.random.default_rng(seed)
   for i in range(n):
     path = root / "train" / f"c{i % 4}" / f"{i:05d}.jpg"
@@ -119,8 +120,8 @@ def _pipeline_rate(config, size: int, batch_size: int,
 
 def _bare_rate(config, num_images: int) -> tuple[float, float]:
   """(images/s, mean KB per file) of a one-at-a-time read + decode loop."""
-  tf = ip._tf()
-  records = ip.split_records(config, config.data.train_split)
+  tf = sources.lazy_tf()
+  records = sources.split_records(config, config.data.train_split)
   elements = list(records.ordered.take(num_images).as_numpy_iterator())
   if records.read_files:
     files = [e["data"].decode() for e in elements]

@@ -92,16 +92,10 @@ def setup(config: ml_collections.ConfigDict) -> Run:
 # ---------------------------------------------------------------- loops
 
 
-def data_slice(run: Run) -> dict[str, int]:
-  """Which slice of each global batch this process loads, from the mesh.
-
-  Usually (process index, process count); when the `model` axis spans
-  processes, the processes of a tower pair load the same rows.
-  """
-  rows = sharding.local_batch_rows(run.mesh, run.config.batch_size)
-  per = rows.stop - rows.start
-  return {"process_index": rows.start // per,
-          "process_count": run.config.batch_size // per}
+def data_slice(run: Run) -> dict[str, slice]:
+  """The rows of each global batch this process loads, from the mesh (when
+  the `model` axis spans processes, a tower pair loads the same rows)."""
+  return {"rows": sharding.local_batch_rows(run.mesh, run.config.batch_size)}
 
 
 def evaluate(run: Run, stop: progress.StopRequest | None = None

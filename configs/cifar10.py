@@ -44,7 +44,7 @@ def get_config(arg=None):
   d.resize_size = 0  # Already 32x32: no resize.
   d.crop_padding = 4  # Random 32x32 crops of the image padded by 4.
   d.pca_lighting = False  # The paper's eigenvalues are ImageNet's.
-  # compute-mean on the JPEG archive; unit-scale pixels suit the He init.
+  # compute_mean on the JPEG archive; unit-scale pixels suit the He init.
   d.mean = (124.14, 122.96, 112.57)
   d.std = (62.50, 61.85, 66.42)
   d.eval_crops = 1

@@ -47,7 +47,7 @@ def get_config(arg=None):
   m.fc8_init_std = config_dict.placeholder(float)
 
   config.data = d = ml_collections.ConfigDict()
-  d.source = "tfds"  # tfds | folder | synthetic (see input_pipeline.py)
+  d.source = "tfds"  # tfds | folder | synthetic (see sources.py)
   d.name = "imagenet2012"  # TFDS name (source=tfds).
   d.data_dir = config_dict.placeholder(str)  # TFDS data dir; None: default.
   # Folder holding ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar, for a
@@ -74,10 +74,10 @@ def get_config(arg=None):
   # Per-channel RGB mean on the 0-255 scale, subtracted from every pixel
   # (() for none). The ImageNet training-set mean used by Caffe and VGG;
   # for other data compute it with
-  # `python -m alexnet_jax.input_pipeline --config=... compute-mean`.
+  # `python -m alexnet_jax.compute_mean --config=...`.
   d.mean = (123.68, 116.78, 103.94)
   # Per-channel std (0-255 scale) that the mean-subtracted pixels are divided
-  # by; () keeps the paper's 0-255 scale. compute-mean prints it too.
+  # by; () keeps the paper's 0-255 scale. compute_mean prints it too.
   d.std = ()
   d.eval_crops = 10  # 1: center crop; 10: corners + center and mirrors.
   # tf.data's autotuner. Off: parallelism = cores, and the process exits
@@ -126,7 +126,7 @@ def get_config(arg=None):
     d.eval_split = "test"
     d.hint = ("extract the CIFAR-10 archive: mkdir -p ~/.cache/alexnet_jax && "
               "tar xzf ../shared/data/cifar10-jpg.tar.gz -C ~/.cache/alexnet_jax")
-    d.mean = (124.14, 122.96, 112.57)  # CIFAR-10's (compute-mean).
+    d.mean = (124.14, 122.96, 112.57)  # CIFAR-10's (compute_mean).
     d.eval_crops = 1
     m.num_classes = 10
     config.log_every_steps = 20

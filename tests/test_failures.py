@@ -295,7 +295,7 @@ def at_step(n):
 def test_input_pipelines_run_without_the_autotuner():
   """Its model thread is what held a stopped run for up to 60 s."""
   config = smoke.get_config()
-  ds = input_pipeline._options(tf.data.Dataset.range(3), config.data)  # pylint: disable=protected-access
+  ds = input_pipeline.tf_options(tf.data.Dataset.range(3), config.data)
   assert ds.options().autotune.enabled is False
   assert ds.options().deterministic is True
 

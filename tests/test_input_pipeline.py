@@ -2,6 +2,8 @@
 
 import io
 import pathlib
+import subprocess
+import sys
 import tarfile
 import jax
 import jax.numpy as jnp
@@ -11,6 +13,8 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from alexnet_jax import input_pipeline as ip
+from alexnet_jax import preprocess
+from alexnet_jax import sources
 from configs import cifar10, default, smoke
 
 CIFAR = pathlib.Path("~/.cache/alexnet_jax/cifar10").expanduser()
@@ -91,16 +95,16 @@ def np_square(image):
   return image[(h - s) // 2:(h - s) // 2 + s, (w - s) // 2:(w - s) // 2 + s]
 
 
-def draws_at(config, position, process_index=0):
+def draws_at(config, position, shard=0):
   """The augmentation draws the pipeline makes at a stream position."""
-  key = tf.constant([ip._seed(config.seed, 2, process_index), position],
+  key = tf.constant([sources.mix_seed(config.seed, 2, shard), position],
                     tf.int64)
-  draws = ip.augment_params(key, config.data.pca_std)
+  draws = preprocess.augment_params(key, config.data.pca_std)
   return {k: v.numpy() for k, v in draws.items()}
 
 
 def offset_of(u, side, size):
-  return tuple(ip.crop_offset(tf.constant(u), side, size).numpy())
+  return tuple(preprocess.crop_offset(tf.constant(u), side, size).numpy())
 
 
 def take(iterator, n):
@@ -184,17 +188,18 @@ def test_pca_lighting_shift_per_image_and_covariance(tmp_path):
     shift = next(lit)["image"] - next(plain)["image"]
     for row in range(6):
       alpha = draws_at(config, step * 6 + row)["alpha"]
-      want = 255.0 * ip.PCA_EIGVEC @ (alpha * ip.PCA_EIGVAL)
+      want = 255.0 * preprocess.PCA_EIGVEC @ (alpha * preprocess.PCA_EIGVAL)
       np.testing.assert_allclose(shift[row], np.broadcast_to(want, (8, 8, 3)),
                                  atol=1e-3)
 
   # Over many draws the shifts have covariance 255^2 V diag((0.1 l)^2) V^T.
-  n, seed = 20_000, ip._seed(config.seed, 2, 0)
+  n, seed = 20_000, sources.mix_seed(config.seed, 2, 0)
   draws = tf.data.Dataset.range(n).map(
-      lambda i: ip.pca_shift(ip.augment_params(
+      lambda i: preprocess.pca_shift(preprocess.augment_params(
           tf.stack([tf.constant(seed, tf.int64), i]), 0.1)["alpha"]))
   shifts = next(iter(draws.batch(n))).numpy().astype(np.float64)
-  v, lam = ip.PCA_EIGVEC.astype(np.float64), ip.PCA_EIGVAL.astype(np.float64)
+  v, lam = (preprocess.PCA_EIGVEC.astype(np.float64),
+            preprocess.PCA_EIGVAL.astype(np.float64))
   want = 255.0 ** 2 * v @ np.diag((0.1 * lam) ** 2) @ v.T
   np.testing.assert_allclose(np.cov(shifts.T), want, atol=0.03 * want.max())
   np.testing.assert_allclose(shifts.mean(0), 0, atol=0.03 * 255 * 0.1 * lam[0])
@@ -258,8 +263,8 @@ def test_exact_eval_of_1003_examples_on_8_devices(tmp_path):
 
   # Two processes: the same number of steps, disjoint rows, union = all.
   seen = []
-  parts = [list(ip.eval_iterator(config, image_size=4, process_index=p,
-                                 process_count=2)[1]) for p in (0, 1)]
+  parts = [list(ip.eval_iterator(config, image_size=4, rows=ip.shard_rows(
+      config.batch_size, p, 2))[1]) for p in (0, 1)]
   assert len(parts[0]) == len(parts[1]) == 16  # ceil(502 / 32).
   for part in parts:
     for batch in part:
@@ -273,8 +278,8 @@ def test_two_processes_train_on_disjoint_slices(tmp_path):
   config = config_for(tmp_path, batch_size=2)
   seen = []
   for p in (0, 1):
-    info, batches = ip.train_iterator(config, image_size=4, process_index=p,
-                                      process_count=2)
+    info, batches = ip.train_iterator(
+        config, image_size=4, rows=ip.shard_rows(config.batch_size, p, 2))
     assert info.num_examples == 11
     n = 6 - p  # Strided slices of 11: 6 and 5 examples.
     epoch = np.concatenate([ids_of(b["image"]) for b in take(batches, n)])
@@ -435,6 +440,26 @@ def test_compute_mean_matches_numpy(tmp_path):
   assert used == 2
   np.testing.assert_allclose(mean, squares.mean(0), rtol=1e-6)
   np.testing.assert_allclose(std, squares.std(0), rtol=1e-4)
+
+
+def test_compute_mean_program_prints_overrides_and_refuses_bad_input(
+    tmp_path):
+  image = np.full((8, 8, 3), (10, 20, 30), np.uint8)
+  for i in range(2):
+    write_image(tmp_path / "train" / "c0" / f"{i}.png", image)
+  command = [sys.executable, "-m", "alexnet_jax.compute_mean",
+             "--config=configs/smoke.py", "--config.data.source=folder",
+             f"--config.data.path={tmp_path}"]
+  root = pathlib.Path(__file__).resolve().parent.parent
+  proc = subprocess.run(command, cwd=root, capture_output=True, text=True,
+                        timeout=300)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert '--config.data.mean="(10.00, 20.00, 30.00)"' in proc.stdout
+  assert "over 2 images of train" in proc.stdout
+  proc = subprocess.run(command[:4], cwd=root, capture_output=True, text=True,
+                        timeout=300)
+  assert proc.returncode == 2
+  assert "error: data.source=synthetic has no images" in proc.stderr
 
 
 # ---------------------------------------------------------------- errors

@@ -1,0 +1,224 @@
+"""Images: decoding and the paper's augmentation and test crops, in tf.data.
+
+The central square of the image, resized to data.resize_size (256), a
+random image_size crop (227 or 224) and a horizontal flip for training, PCA
+colour lighting, then the per-channel mean is subtracted. Pixels are on the
+0-255 scale minus data.mean (as the paper and Caffe), divided by data.std
+when given; PCA eigenvalues are given for pixels in [0, 1], so the lighting
+shift is scaled by 255. For JPEGs the random crop is fused with the decode
+(decode_and_crop_jpeg): only the crop window (333x333 of a 500x375 photo for
+227 crops of the 256 square) is decoded, then resized to image_size; the
+pixels equal those of resizing first up to interpolation
+(data.fused_crop=False resizes first). Evaluation takes the center crop,
+or (eval_crops=10) the four corners and the center of the resized square
+and their mirrors, giving images of shape (10, size, size, 3).
+
+Each example's crop, flip and lighting are a function of a key (seed,
+shard, position in the stream): stateless, so a resumed run draws the same.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from alexnet_jax.sources import SOURCES
+from alexnet_jax.sources import DataError
+from alexnet_jax.sources import lazy_tf
+
+# ImageNet RGB covariance for pixels in [0, 1] (the paper's "fancy PCA");
+# eigenvectors are the columns.
+PCA_EIGVAL = np.array([0.2175, 0.0188, 0.0045], np.float32)
+PCA_EIGVEC = np.array([[-0.5675, 0.7192, 0.4009],
+                       [-0.5808, -0.0045, -0.8140],
+                       [-0.5836, -0.6948, 0.4203]], np.float32)
+
+
+def check_options(config, image_size: int):
+  """The data options (source, crops, mean, std, sizes) are usable."""
+  d = config.data
+  if d.source not in SOURCES:
+    raise DataError(f"data.source must be one of {SOURCES}, "
+                    f"got {d.source!r}")
+  if d.eval_crops not in (1, 10):
+    raise DataError(f"data.eval_crops must be 1 or 10, got {d.eval_crops}")
+  if len(d.mean) not in (0, 3):
+    raise DataError(f"data.mean must hold 3 numbers (RGB, 0-255) or none, "
+                    f"got {tuple(d.mean)}")
+  if len(d.std) not in (0, 3) or any(not s > 0 for s in d.std):
+    raise DataError(f"data.std must hold 3 positive numbers (RGB, 0-255) or "
+                    f"none, got {tuple(d.std)}")
+  if d.resize_size and d.resize_size < image_size:
+    raise DataError(f"data.resize_size {d.resize_size} is smaller than the "
+                    f"{image_size} model input")
+  if d.crop_padding < 0:
+    raise DataError(f"data.crop_padding must be >= 0, got {d.crop_padding}")
+
+
+def augment_params(key, pca_std: float) -> dict:
+  """The random draws for one training example, from a stateless key.
+
+  u: 2 uniforms in [0, 1) placing the crop (see crop_offset); flip: whether
+  to mirror; alpha: the 3 PCA lighting coefficients, N(0, pca_std^2).
+  """
+  tf = lazy_tf()
+  k_crop, k_flip, k_pca = tf.unstack(
+      tf.random.experimental.stateless_split(key, 3))
+  return {"u": tf.random.stateless_uniform([2], k_crop),
+          "flip": tf.random.stateless_uniform([], k_flip) < 0.5,
+          "alpha": tf.random.stateless_normal([3], k_pca) * pca_std}
+
+
+def crop_offset(u, side, size: int):
+  """(y, x) of a size x size crop in a square of `side`, uniform over all."""
+  tf = lazy_tf()
+  room = tf.cast(side - size, tf.float32)
+  return tf.minimum(tf.cast(tf.floor(u * (room + 1)), tf.int32),
+                    tf.cast(room, tf.int32))
+
+
+def pca_shift(alpha):
+  """The lighting shift of every pixel (0-255 scale): V @ (alpha * lambda)."""
+  tf = lazy_tf()
+  return 255.0 * tf.linalg.matvec(tf.constant(PCA_EIGVEC),
+                                  alpha * tf.constant(PCA_EIGVAL))
+
+
+def _square_window(h, w):
+  s = lazy_tf().minimum(h, w)
+  return (h - s) // 2, (w - s) // 2, s, s
+
+
+def _decode(data, window_of_shape, fused: bool):
+  """The decoded window (y, x, h, w) = window_of_shape(height, width).
+
+  JPEGs (fused=True) decode only the window; other formats decode whole.
+  """
+  tf = lazy_tf()
+
+  def jpeg():
+    shape = tf.image.extract_jpeg_shape(data)
+    window = tf.stack(window_of_shape(shape[0], shape[1]))
+    return tf.image.decode_and_crop_jpeg(data, window, channels=3)
+
+  def other():
+    image = tf.io.decode_image(data, channels=3, expand_animations=False)
+    shape = tf.shape(image)
+    y, x, h, w = window_of_shape(shape[0], shape[1])
+    return image[y:y + h, x:x + w]
+
+  if not fused:
+    return other()
+  return tf.cond(tf.io.is_jpeg(data), jpeg, other)
+
+
+def _square_side(d, s, size: int):
+  """Side of the resized square: resize_size, or the image's (0), >= size."""
+  tf = lazy_tf()
+  side = tf.constant(d.resize_size) if d.resize_size else s
+  return tf.maximum(side, size)
+
+
+def _resize(image, side):
+  return lazy_tf().image.resize(image, [side, side], method="bilinear",
+                            antialias=False)
+
+
+def decoded_square(d, data, size: int):
+  """The central square, decoded and resized: float32 (side, side, 3)."""
+  tf = lazy_tf()
+  square = _decode(data, _square_window, d.fused_crop)
+  s = tf.shape(square)[0]
+  side = _square_side(d, s, size)
+  # Small images (CIFAR) are usually kept as they are: skip the resize.
+  return tf.cond(tf.equal(s, side), lambda: tf.cast(square, tf.float32),
+                 lambda: _resize(square, side))
+
+
+def _finish(d, image, shift=None):
+  """(image + shift - mean) / std, per channel (bias_add, then a scale)."""
+  tf = lazy_tf()
+  if len(d.mean):
+    mean = tf.constant(d.mean, tf.float32)
+    shift = -mean if shift is None else shift - mean
+  image = image if shift is None else tf.nn.bias_add(image, shift)
+  return _scaled(d, image)
+
+
+def _scaled(d, x):
+  """x / data.std per channel (no-op when data.std is empty)."""
+  if not len(d.std):
+    return x
+  tf = lazy_tf()
+  return x * tf.constant([1.0 / s for s in d.std], tf.float32)
+
+
+def train_image(d, data, key, size: int):
+  """One training image (float32 size x size x 3) from encoded bytes."""
+  tf = lazy_tf()
+  draws = augment_params(key, d.pca_std)
+  pad = d.crop_padding if d.random_crop else 0
+  if d.random_crop and d.fused_crop and not pad:
+
+    def window(h, w):
+      # The crop of the resized square, mapped back to the original image:
+      # decode only it, then resize it to size x size.
+      sy, sx, s, _ = _square_window(h, w)
+      side = _square_side(d, s, size)
+      scale = tf.cast(s, tf.float32) / tf.cast(side, tf.float32)
+      crop = tf.clip_by_value(
+          tf.cast(tf.round(size * scale), tf.int32), 1, s)
+      offset = crop_offset(draws["u"], side, size)
+      oy, ox = tf.unstack(tf.minimum(
+          tf.cast(tf.round(tf.cast(offset, tf.float32) * scale), tf.int32),
+          s - crop))
+      return sy + oy, sx + ox, crop, crop
+
+    image = _resize(_decode(data, window, True), size)
+  else:
+    square = decoded_square(d, data, size)
+    side = tf.shape(square)[0]
+    if pad:
+      # The crop of the square padded by `pad` mean-colour pixels: subtract
+      # the mean first, then pad the crop with zeros where it overhangs.
+      square = _finish(d, square)
+      y, x = tf.unstack(crop_offset(draws["u"], side + 2 * pad, size) - pad)
+      y0, x0 = tf.maximum(y, 0), tf.maximum(x, 0)
+      y1, x1 = tf.minimum(y + size, side), tf.minimum(x + size, side)
+      image = tf.pad(square[y0:y1, x0:x1],
+                     [[y0 - y, y + size - y1], [x0 - x, x + size - x1],
+                      [0, 0]])
+    else:
+      if d.random_crop:
+        y, x = tf.unstack(crop_offset(draws["u"], side, size))
+      else:
+        y = x = (side - size) // 2
+      image = square[y:y + size, x:x + size]
+  if d.flip:
+    # tf.reverse: a negative-stride slice is several times slower.
+    image = tf.cond(draws["flip"], lambda: tf.reverse(image, [1]),
+                    lambda: image)
+  # Lighting and mean are one constant per channel: a single pass, since
+  # each float pass over the image costs about as much as a resize here.
+  shift = pca_shift(draws["alpha"]) if d.pca_lighting else None
+  if pad:  # Mean already subtracted (and the std divided).
+    image = image if shift is None else tf.nn.bias_add(image,
+                                                       _scaled(d, shift))
+  else:
+    image = _finish(d, image, shift)
+  return tf.ensure_shape(image, [size, size, 3])
+
+
+def eval_image(d, data, size: int, crops: int):
+  """The center crop (size, size, 3) or the 10 crops (10, size, size, 3)."""
+  tf = lazy_tf()
+  square = decoded_square(d, data, size)
+  side = tf.shape(square)[0]
+  c = (side - size) // 2
+  if crops == 1:
+    image = square[c:c + size, c:c + size]
+    return tf.ensure_shape(_finish(d, image), [size, size, 3])
+  far = side - size
+  corners = [(0, 0), (0, far), (far, 0), (far, far), (c, c)]
+  five = tf.stack([square[y:y + size, x:x + size] for y, x in corners])
+  image = tf.concat([five, tf.reverse(five, [2])], 0)
+  return tf.ensure_shape(_finish(d, image), [10, size, size, 3])
