@@ -25,6 +25,8 @@ from flax import nnx
 from alexnet_jax import preflight
 
 ConfigError = preflight.ConfigError
+# Model fields that leave the state as it is (the operations' formulation).
+STATE_FREE_MODEL_FIELDS = ("ops",)
 
 
 def _is_key(x) -> bool:
@@ -227,6 +229,9 @@ def restore_latest(run, ckpts: Checkpoints, *,
 def check_compatible(meta: dict, config: ml_collections.ConfigDict):
   """A checkpoint of another model is a user error, never overwritten."""
   saved, now = meta.get("model_config", {}), config.model.to_dict()
+  for key in STATE_FREE_MODEL_FIELDS:  # Same state with either value.
+    saved.pop(key, None)
+    now.pop(key, None)
   diff = [f"model.{k}={saved.get(k)!r} (now {now.get(k)!r})"
           for k in sorted(set(saved) | set(now)) if saved.get(k) != now.get(k)]
   if diff:

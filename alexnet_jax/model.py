@@ -17,11 +17,11 @@ the paper's 55 needs three extra rows and columns; with `conv1_padding=-1`
 cuda-convnet did by rounding up, i.e. padding (0, 3). torchvision instead pads
 2 on every side (its preset does that).
 
-Speed: a grouped convolution is written as one convolution per tower on the
-channel halves, concatenated, instead of `feature_group_count`; XLA:CPU runs the
-latter 4-7x slower, and the per-tower form is also what the two-device layout
-needs. LRN avoids XLA:CPU's slow `pow` and has a hand-written derivative;
-max-pooling avoids its slow select-and-scatter (see each function).
+The operations (LRN, max-pooling, grouped convolution, bias add) come from
+ops.py, in the formulation `ops` names: `fast` (written for XLA:CPU: a
+grouped convolution as one convolution per tower, LRN without `pow` and with
+a hand-written derivative, max-pooling without select-and-scatter), `plain`
+(the textbook ones), or `auto` (fast on CPU, plain elsewhere).
 """
 
 from __future__ import annotations
@@ -34,13 +34,8 @@ from flax import nnx
 from jax import lax
 from jax.sharding import PartitionSpec as P
 
+from alexnet_jax import ops as ops_lib
 from alexnet_jax import sharding
-
-# The paper's constants: b = a / (k + alpha * sum_{window of n} a^2) ** beta.
-LRN_K = 2.0
-LRN_N = 5
-LRN_ALPHA = 1e-4
-LRN_BETA = 0.75
 
 INIT_STD = 0.01
 
@@ -83,207 +78,13 @@ GROUPED = {"conv1": False, "conv2": True, "conv3": False, "conv4": True,
 BIAS_ONE = ("conv2", "conv4", "conv5", "fc6", "fc7")
 
 
-def local_response_norm(x: jax.Array, *, groups: int = 1, n: int = LRN_N,
-                        k: float = LRN_K, alpha: float = LRN_ALPHA,
-                        beta: float = LRN_BETA) -> jax.Array:
-  """The paper's LRN over the channel axis of an NHWC array.
-
-  The window holds n channels centred on each channel, cut at the edges of
-  each of `groups` equal channel blocks (towers), so no tower sees another's
-  channels. alpha multiplies the plain sum (PyTorch divides it by n).
-  """
-  *lead, c = x.shape
-  if c % groups:
-    raise ValueError(f"{c} channels do not split into {groups} towers")
-  r = n // 2
-
-  def window_sum(v):  # S(v): the sum over each channel's window.
-    vg = v.reshape(*lead, groups, c // groups)
-    # A literal 0.0 lets JAX see a window sum (transposable under jit).
-    s = lax.reduce_window(vg, 0.0, lax.add,
-                          (1,) * (vg.ndim - 1) + (n,), (1,) * vg.ndim,
-                          ((0, 0),) * (vg.ndim - 1) + ((r, n - 1 - r),))
-    return s.reshape(v.shape)
-
-  def denominator(v):  # t = k + alpha S(v^2) and p = t^-beta.
-    t = k + alpha * window_sum(v * v)
-    if beta == 0.75:
-      # rsqrt(t) * sqrt(rsqrt(t)): pow is exp(log(t) * -beta), which made
-      # LRN cost more than conv1 on XLA:CPU (and again in its derivative).
-      q = lax.rsqrt(t)
-      return t, q * jnp.sqrt(q)
-    return t, t ** -beta
-
-  # A hand-written derivative reuses t and p instead of differentiating the
-  # power: d(x p) = p dx - 2 alpha beta (x p / t) S(x dx). It is linear in
-  # dx, so JAX transposes it for the backward pass (S is symmetric).
-  @jax.custom_jvp
-  def lrn(v):
-    return v * denominator(v)[1]
-
-  @lrn.defjvp
-  def lrn_jvp(primals, tangents):
-    (v,), (dv,) = primals, tangents
-    t, p = denominator(v)
-    dy = p * dv - (2 * alpha * beta) * (v * p / t) * window_sum(v * dv)
-    return v * p, dy
-
-  return lrn(x)
-
-
-def max_pool(x: jax.Array, window: int, stride: int) -> jax.Array:
-  """VALID max pooling over H and W of an NHWC array.
-
-  The gradient goes to the first maximum of each window in row-major order,
-  as with `lax.reduce_window` (XLA's select-and-scatter); where windows
-  overlap, an input's gradients from several windows may be summed in
-  another order (float rounding). Reverse mode only (a custom VJP).
-  """
-  n, h, w, c = x.shape
-  ho = (h - window) // stride + 1
-  wo = (w - window) // stride + 1
-  if ho < 1 or wo < 1:
-    return lax.reduce_window(x, -jnp.inf, lax.max,
-                             (1, window, window, 1), (1, stride, stride, 1),
-                             "VALID")
-  s = stride
-  every = lambda k, size: slice(k, k + s * (size - 1) + 1, s)
-  index = jnp.int16 if h * window < 2 ** 15 else jnp.int32
-
-  def pick_first_max(a, b):  # Larger value; on a tie, the lower index.
-    (av, ai), (bv, bi) = a, b
-    first = (av > bv) | ((av == bv) & (ai < bi)) | (
-        (av != av) & ((bv == bv) | (ai < bi)))  # NaN wins, as in max.
-    return lax.select(first, av, bv), lax.select(first, ai, bi)
-
-  def forward(v):
-    """The pooled values, and which tap (i * window + j) holds each first max.
-
-    Columns first: the max over each window's columns (strided slices, one
-    fused loop) and its column j; then the rows: a reduce-window over
-    (value, r * window + j) pairs, r the input row. XLA duplicates cheap
-    elementwise producers into every consumer: an all-slices max was
-    recomputed, taps and all, inside the transposes that feed the next
-    layer's weight gradient, and the tap index inside each phase of the
-    backward pass; a reduce-window's outputs are written once.
-    """
-    cols = [v[:, :, every(j, wo)] for j in range(window)]
-    z, col = cols[0], jnp.zeros(cols[0].shape, index)
-    for j, t in enumerate(cols[1:], 1):
-      col = jnp.where(t > z, index(j), col)  # Ties keep the earlier column.
-      z = jnp.maximum(z, t)
-    tap = lax.broadcasted_iota(index, z.shape, 1) * window + col
-    y, tap = lax.reduce_window(
-        (z, tap), (jnp.array(-jnp.inf, v.dtype), index(jnp.iinfo(index).max)),
-        pick_first_max, (1, window, 1, 1), (1, s, 1, 1), "VALID")
-    first_row = lax.broadcasted_iota(index, y.shape, 1) * (s * window)
-    return y, tap - first_row
-
-  @jax.custom_vjp
-  def pool(v):
-    return forward(v)[0]
-
-  def pool_fwd(v):
-    return forward(v)  # The tap index (2 bytes per output) as residual.
-
-  # Rows and columns split into `stride` phases: x[s*m + r] is phase r, row
-  # m. Tap (i, j) of every window lands in one phase at a fixed shift, so
-  # each phase's gradient is a sum of shifted, masked copies of g at the
-  # output size, and the phases interleave into dx with one reshape.
-  # XLA:CPU's select-and-scatter, and the strided pads that autodiff of
-  # strided slices gives, were several times slower.
-  hm = max(-(-h // s), (window - 1) // s + ho)
-  wm = max(-(-w // s), (window - 1) // s + wo)
-
-  def pool_bwd(arg, g):
-    zero = jnp.zeros((), g.dtype)
-    phases = []
-    for r in range(s):
-      row = []
-      for q in range(s):
-        acc = jnp.zeros((n, hm, wm, c), g.dtype)
-        for i in range(r, window, s):
-          for j in range(q, window, s):
-            picked = jnp.where(arg == i * window + j, g, zero)
-            acc = acc + jnp.pad(picked, (
-                (0, 0), (i // s, hm - ho - i // s),
-                (j // s, wm - wo - j // s), (0, 0)))
-        row.append(acc)
-      phases.append(jnp.stack(row, axis=3))
-    dx = jnp.stack(phases, axis=2).reshape(n, hm * s, wm * s, c)
-    return (dx[:, :h, :w],)
-
-  pool.defvjp(pool_fwd, pool_bwd)
-  return pool(x)
-
-
-def channel_sum(g: jax.Array) -> jax.Array:
-  """Sums an (..., W, C) array over every axis but the last (>= float32).
-
-  As a sum of rows of the (-1, W*C) view, then over W: XLA:CPU turns a
-  plain sum over (N, H, W) into a slow tree of reduce-windows (54 ms for
-  conv1's 64x55x55x96 gradient, against 2 ms this way).
-  """
-  g = g.astype(jnp.promote_types(g.dtype, jnp.float32))
-  if g.ndim <= 2:
-    return g.reshape(-1, g.shape[-1]).sum(0)
-  w, c = g.shape[-2:]
-  return g.reshape(-1, w * c).sum(0).reshape(w, c).sum(0)
-
-
-def _varying_axes(x: jax.Array) -> frozenset:
-  """The shard_map axes over which x varies (none outside shard_map)."""
-  return jax.typeof(x).manual_axis_type.varying
-
-
-def add_bias(y: jax.Array, bias: jax.Array) -> jax.Array:
-  """y + bias over the last axis (same dtype); d bias is a `channel_sum`."""
-  if y.dtype != bias.dtype:
-    raise TypeError(f"add_bias: {y.dtype} activations, {bias.dtype} bias")
-  # Under shard_map a bias replicated over `data` meets rows that vary over
-  # it: mark it varying, as `y + bias` does implicitly, so that autodiff
-  # sums its gradient over the axis (a custom VJP must return it invariant).
-  axes = _varying_axes(y) - _varying_axes(bias)
-  if axes:
-    bias = lax.pcast(bias, tuple(sorted(axes)), to="varying")
-  return _add_bias(y, bias)
-
-
-@jax.custom_vjp
-def _add_bias(y: jax.Array, bias: jax.Array) -> jax.Array:
-  return y + bias
-
-
-_add_bias.defvjp(lambda y, bias: (y + bias, None),
-                 lambda _, g: (g, channel_sum(g).astype(g.dtype)))
-
-
-def conv(x: jax.Array, kernel: jax.Array, *, stride: int = 1,
-         padding=((0, 0), (0, 0)), groups: int = 1) -> jax.Array:
-  """NHWC x HWIO convolution; `groups` > 1 runs one convolution per tower.
-
-  The kernel has the grouped layout (kh, kw, C_in / groups, C_out), as for
-  `feature_group_count`: output block g sees only input block g. Splitting
-  by hand is the same arithmetic and several times faster on XLA:CPU.
-  """
-  def one(xi, ki):
-    return lax.conv_general_dilated(
-        xi, ki, (stride, stride), padding,
-        dimension_numbers=("NHWC", "HWIO", "NHWC"))
-  if groups == 1:
-    return one(x, kernel)
-  xs = jnp.split(x, groups, axis=-1)
-  ks = jnp.split(kernel, groups, axis=-1)
-  return jnp.concatenate([one(xi, ki) for xi, ki in zip(xs, ks)], axis=-1)
-
-
 class Conv(nnx.Module):
   """A convolution layer, optionally grouped over towers."""
 
   def __init__(self, in_features: int, out_features: int, kernel_size: int, *,
                stride: int = 1, padding=((0, 0), (0, 0)), groups: int = 1,
                bias_init: float = 0.0, use_bias: bool = True,
-               init_std: float = INIT_STD, rngs: nnx.Rngs):
+               init_std: float = INIT_STD, ops: str = "auto", rngs: nnx.Rngs):
     if in_features % groups or out_features % groups:
       raise ValueError(f"conv {in_features}->{out_features} does not split "
                        f"into {groups} towers")
@@ -292,12 +93,14 @@ class Conv(nnx.Module):
     self.bias = (nnx.Param(jnp.full((out_features,), bias_init, jnp.float32))
                  if use_bias else None)
     self.stride, self.padding, self.groups = stride, padding, groups
+    self.ops = ops
 
   def __call__(self, x: jax.Array) -> jax.Array:
-    y = conv(x, self.kernel[...].astype(x.dtype), stride=self.stride,
-             padding=self.padding, groups=self.groups)
+    o = ops_lib.select(self.ops)
+    y = o.conv(x, self.kernel[...].astype(x.dtype), stride=self.stride,
+               padding=self.padding, groups=self.groups)
     if self.bias is not None:
-      y = add_bias(y, self.bias[...].astype(y.dtype))
+      y = o.add_bias(y, self.bias[...].astype(y.dtype))
     return y
 
 
@@ -306,14 +109,15 @@ class Linear(nnx.Module):
 
   def __init__(self, in_features: int, out_features: int, *,
                bias_init: float = 0.0, init_std: float = INIT_STD,
-               rngs: nnx.Rngs):
+               ops: str = "auto", rngs: nnx.Rngs):
     self.kernel = nnx.Param(
         init_std * jax.random.normal(rngs.params(), (in_features, out_features)))
     self.bias = nnx.Param(jnp.full((out_features,), bias_init, jnp.float32))
+    self.ops = ops
 
   def __call__(self, x: jax.Array) -> jax.Array:
-    return add_bias(x @ self.kernel[...].astype(x.dtype),
-                    self.bias[...].astype(x.dtype))
+    return ops_lib.select(self.ops).add_bias(
+        x @ self.kernel[...].astype(x.dtype), self.bias[...].astype(x.dtype))
 
 
 def _scaled(n: int, width: float, towers: int) -> int:
@@ -340,7 +144,7 @@ class AlexNet(nnx.Module):
                image_size: int | None = None, conv1_kernel: int | None = None,
                conv1_stride: int | None = None,
                conv1_padding: int | None = None, init: str = "paper",
-               fc8_init_std: float | None = None,
+               fc8_init_std: float | None = None, ops: str = "auto",
                dtype=jnp.float32, rngs: nnx.Rngs):
     """Builds the network. Arguments left at None take the preset's value.
 
@@ -354,7 +158,8 @@ class AlexNet(nnx.Module):
     replaces the init's std for fc8 alone (small: logits start near 0).
 
     dtype is the compute dtype (bfloat16 for mixed precision); parameters
-    are always float32 and the logits are returned as float32.
+    are always float32 and the logits are returned as float32. ops picks
+    the formulation of the operations (ops.py): auto, fast or plain.
     """
     if preset not in PRESETS:
       raise ValueError(f"model.preset must be one of {sorted(PRESETS)}, "
@@ -383,12 +188,13 @@ class AlexNet(nnx.Module):
                        f"{fc8_init_std!r}")
     if not width > 0:
       raise ValueError(f"model.width must be positive, got {width!r}")
+    ops_lib.select(ops)  # A ValueError names the choices.
     if not 0 <= dropout_rate < 1:
       raise ValueError(f"model.dropout_rate must be in [0, 1), "
                        f"got {dropout_rate!r}")
 
     self.num_classes, self.norm, self.towers = num_classes, norm, towers
-    self.image_size, self.dtype = image_size, dtype
+    self.image_size, self.dtype, self.ops = image_size, dtype, ops
     self.pool_window, self.pool_stride = POOLS[pool]
     self.act = ACTIVATIONS[activation]
     chans = [_scaled(c, width, towers) for c in p.channels]
@@ -421,8 +227,8 @@ class AlexNet(nnx.Module):
       padding = padding or ((k // 2, k // 2),) * 2
       groups = towers if GROUPED[name] else 1
       return Conv(cin, cout, k, stride=stride, padding=padding, groups=groups,
-                  use_bias=not (bn and name in ("conv1", "conv2")), rngs=rngs,
-                  **init_args(name, k * k * cin // groups))
+                  use_bias=not (bn and name in ("conv1", "conv2")), ops=ops,
+                  rngs=rngs, **init_args(name, k * k * cin // groups))
 
     self.conv1 = conv_layer("conv1", 3, chans[0], k1, s1, pad)
     self.conv2 = conv_layer("conv2", chans[0], chans[1], 5)
@@ -433,12 +239,14 @@ class AlexNet(nnx.Module):
       self.bn1 = nnx.BatchNorm(chans[0], momentum=0.9, rngs=rngs)
       self.bn2 = nnx.BatchNorm(chans[1], momentum=0.9, rngs=rngs)
     flat = self.stage_sizes[-1] ** 2 * chans[4]
-    self.fc6 = Linear(flat, fcs[0], rngs=rngs, **init_args("fc6", flat))
-    self.fc7 = Linear(fcs[0], fcs[1], rngs=rngs, **init_args("fc7", fcs[0]))
+    self.fc6 = Linear(flat, fcs[0], ops=ops, rngs=rngs,
+                      **init_args("fc6", flat))
+    self.fc7 = Linear(fcs[0], fcs[1], ops=ops, rngs=rngs,
+                      **init_args("fc7", fcs[0]))
     fc8_args = init_args("fc8", fcs[1])
     if fc8_init_std is not None:
       fc8_args["init_std"] = fc8_init_std
-    self.fc8 = Linear(fcs[1], num_classes, rngs=rngs, **fc8_args)
+    self.fc8 = Linear(fcs[1], num_classes, ops=ops, rngs=rngs, **fc8_args)
     self.dropout6 = nnx.Dropout(dropout_rate, rngs=rngs)
     self.dropout7 = nnx.Dropout(dropout_rate, rngs=rngs)
 
@@ -448,7 +256,7 @@ class AlexNet(nnx.Module):
       return self.act(getattr(self, f"bn{layer}")(x))
     x = self.act(x)
     if self.norm == "lrn":
-      x = local_response_norm(x, groups=self.towers)
+      x = ops_lib.select(self.ops).local_response_norm(x, groups=self.towers)
     return x
 
   def __call__(self, x: jax.Array, *, return_activations: bool = False):
@@ -473,6 +281,7 @@ class AlexNet(nnx.Module):
     Named scopes mark each layer in the compiled HLO (see comm.py).
     """
     acts = {}
+    max_pool = ops_lib.select(self.ops).max_pool
     pool = lambda y: max_pool(y, self.pool_window, self.pool_stride)
     x = x.astype(self.dtype)
     with jax.named_scope("conv1"):
@@ -532,9 +341,11 @@ class AlexNet(nnx.Module):
         masks[name] = drop(jnp.ones(shape, dt)) != 0
         keep[name] = 1.0 - drop.rate
 
+    o = ops_lib.select(self.ops)
+
     def forward(x, params, masks):
       acts = {}
-      pool = lambda y: max_pool(y, self.pool_window, self.pool_stride)
+      pool = lambda y: o.max_pool(y, self.pool_window, self.pool_stride)
 
       def layer(name, y):
         kernel, bias = params[name]
@@ -542,12 +353,13 @@ class AlexNet(nnx.Module):
           y = y @ kernel.astype(dt)
         else:  # This tower's channels only: one group here.
           m = getattr(self, name)
-          y = conv(y, kernel.astype(dt), stride=m.stride, padding=m.padding)
-        return add_bias(y, bias.astype(dt))
+          y = o.conv(y, kernel.astype(dt), stride=m.stride,
+                     padding=m.padding)
+        return o.add_bias(y, bias.astype(dt))
 
       def normalized(y):  # The local channels are one tower: groups=1.
         y = self.act(y)
-        return local_response_norm(y) if self.norm == "lrn" else y
+        return o.local_response_norm(y) if self.norm == "lrn" else y
 
       def exchange(y):  # Both towers' halves, on every device.
         return lax.all_gather(y, sharding.MODEL, axis=y.ndim - 1, tiled=True)
@@ -580,7 +392,8 @@ class AlexNet(nnx.Module):
       with jax.named_scope("fc8"):  # Partial logits of this tower, summed.
         kernel, bias = params["fc8"]
         y = lax.psum(y @ kernel.astype(dt), sharding.MODEL)
-        logits = acts["fc8"] = add_bias(y, bias.astype(dt)).astype(jnp.float32)
+        logits = acts["fc8"] = o.add_bias(y, bias.astype(dt)).astype(
+            jnp.float32)
       return logits, (acts if return_activations else {})
 
     act_specs = {k: tower for k in ("conv1", "pool1", "conv2", "pool2",
@@ -613,7 +426,7 @@ def from_config(model_config, *, half_precision: bool = False,
       dropout_rate=c.dropout_rate, image_size=c.image_size,
       conv1_kernel=c.conv1_kernel, conv1_stride=c.conv1_stride,
       conv1_padding=c.conv1_padding, init=c.init,
-      fc8_init_std=c.fc8_init_std,
+      fc8_init_std=c.fc8_init_std, ops=c.get("ops", "auto"),
       dtype=jnp.bfloat16 if half_precision else jnp.float32, rngs=rngs)
 
 

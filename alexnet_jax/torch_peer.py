@@ -12,6 +12,7 @@ import numpy as np
 from flax import nnx
 
 from alexnet_jax import model as model_lib
+from alexnet_jax import ops
 
 
 def torch_alexnet(config, lrn: str = "slices"):
@@ -40,16 +41,16 @@ def torch_alexnet(config, lrn: str = "slices"):
   window, stride = model_lib.POOLS[c.pool]
   act = {"relu": nn.ReLU, "tanh": nn.Tanh}[c.activation]
 
-  n_lrn, r = model_lib.LRN_N, model_lib.LRN_N // 2
+  n_lrn, r = ops.LRN_N, ops.LRN_N // 2
 
   class TowerLRN(nn.Module):
     """torch.nn.LocalResponseNorm on each tower's channels."""
 
     def __init__(self):
       super().__init__()
-      self.lrn = nn.LocalResponseNorm(n_lrn, alpha=model_lib.LRN_ALPHA * n_lrn,
-                                      beta=model_lib.LRN_BETA,
-                                      k=model_lib.LRN_K)
+      self.lrn = nn.LocalResponseNorm(n_lrn, alpha=ops.LRN_ALPHA * n_lrn,
+                                      beta=ops.LRN_BETA,
+                                      k=ops.LRN_K)
 
     def forward(self, x):
       return torch.cat([self.lrn(t) for t in x.chunk(towers, dim=1)], dim=1)
@@ -63,8 +64,8 @@ def torch_alexnet(config, lrn: str = "slices"):
                                    (0, 0, 0, 0, r, n_lrn - 1 - r))
       per = ch // towers
       s = sum(sq[:, :, i:i + per] for i in range(n_lrn)).view(b, ch, h, w)
-      return x * (model_lib.LRN_K + model_lib.LRN_ALPHA * s).pow(
-          -model_lib.LRN_BETA)
+      return x * (ops.LRN_K + ops.LRN_ALPHA * s).pow(
+          -ops.LRN_BETA)
 
   if lrn not in ("slices", "module"):
     raise ValueError(f"lrn must be slices or module, got {lrn!r}")

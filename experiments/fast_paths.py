@@ -1,4 +1,4 @@
-"""What each fast path in model.py buys, measured in one process.
+"""What each fast path in ops.py buys, measured in one process.
 
   python experiments/fast_paths.py --what=train --batch=64
   python experiments/fast_paths.py --config=configs/cifar10.py --batch=128
@@ -6,8 +6,8 @@
 (--what, --batch, --windows and --config are the benchmark program's flags.)
 
 Builds the project's jitted step (as the benchmark does) once per variant,
-from the plain formulations in alexnet_jax/reference.py up to the model as
-it is, one fast path added at a time, then times the variants in
+from the plain formulations (model.ops=plain) up to the fast ones
+(model.ops=fast), one fast path added at a time, then times the variants in
 alternating windows (so that load from other processes hits all alike) and
 prints the median step time of each and its speed-up over the one before.
 """
@@ -28,8 +28,7 @@ from absl import logging
 
 import alexnet_jax  # noqa: F401  (sets the XLA:CPU flags before jax starts)
 from alexnet_jax import benchmark
-from alexnet_jax import model as model_lib
-from alexnet_jax import reference
+from alexnet_jax import ops
 
 FLAGS = flags.FLAGS  # --what, --batch, --windows, --config: the benchmark's.
 flags.DEFINE_bool("plain", True, "Include the all-plain variant (grouped "
@@ -47,16 +46,16 @@ VARIANTS = {
 
 
 def build(config, what, batch, fast):
-  """The step with model.py's functions for `fast`, references elsewhere."""
-  saved = {name: getattr(model_lib, name) for name in PATHS}
+  """The step with the fast formulation of the ops in `fast`, plain ones
+  elsewhere (whatever model.ops says)."""
+  mixed = ops.Ops(**{name: getattr(ops.FAST if name in fast else ops.PLAIN,
+                                   name) for name in ops.Ops._fields})
+  saved = ops.select
+  ops.select = lambda mode, backend=None: mixed
   try:
-    for name in PATHS:
-      if name not in fast:
-        setattr(model_lib, name, getattr(reference, name))
     return benchmark.JaxStep(config, what, batch)  # Traced and compiled here.
   finally:
-    for name, fn in saved.items():
-      setattr(model_lib, name, fn)
+    ops.select = saved
 
 
 def main(argv):

@@ -27,7 +27,7 @@ from flax import nnx
 
 from alexnet_jax import checkpoint as checkpoint_lib
 from alexnet_jax import input_pipeline
-from alexnet_jax import model as model_lib
+from alexnet_jax import ops
 from alexnet_jax import steps
 from alexnet_jax import train
 
@@ -48,7 +48,7 @@ def lrn_spread(x: np.ndarray, towers: int) -> float:
   0: LRN multiplies every activation by the same constant k^-beta, i.e. it
   does nothing that a rescaled next layer would not do.
   """
-  y = np.asarray(model_lib.local_response_norm(jnp.asarray(x),
+  y = np.asarray(ops.local_response_norm(jnp.asarray(x),
                                                groups=towers))
   scale = y[x > 0] / x[x > 0]
   return float(scale.std() / scale.mean())
@@ -56,9 +56,9 @@ def lrn_spread(x: np.ndarray, towers: int) -> float:
 
 def lrn_inputs(model, x) -> dict:
   """The inputs of LRN in layers 1 and 2 (after the activation)."""
-  pool = lambda v: model_lib.max_pool(v, model.pool_window, model.pool_stride)
+  pool = lambda v: ops.max_pool(v, model.pool_window, model.pool_stride)
   a1 = model.act(model.conv1(x))
-  a2 = model.act(model.conv2(pool(model_lib.local_response_norm(
+  a2 = model.act(model.conv2(pool(ops.local_response_norm(
       a1, groups=model.towers))))
   return {"conv1": np.asarray(a1), "conv2": np.asarray(a2)}
 

@@ -15,6 +15,7 @@ from jax import lax
 
 from alexnet_jax import benchmark
 from alexnet_jax import model as model_lib
+from alexnet_jax import ops
 from configs import default, smoke
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -116,7 +117,7 @@ def test_torch_peer_lrn_matches_the_model_lrn(lrn):
   norms = [m for m in net if type(m).__name__ in ("SliceLRN", "TowerLRN")]
   assert len(norms) == 2  # After conv1 and conv2.
   x = 20 * np.random.default_rng(0).standard_normal((2, 9, 9, 96))
-  ours = model_lib.local_response_norm(jnp.asarray(x, jnp.float32), groups=2)
+  ours = ops.local_response_norm(jnp.asarray(x, jnp.float32), groups=2)
   with torch.inference_mode():
     theirs = norms[0](torch.from_numpy(x.transpose(0, 3, 1, 2)).float())
   np.testing.assert_allclose(theirs.numpy().transpose(0, 2, 3, 1), ours,

@@ -1,4 +1,4 @@
-"""The fast formulations in model.py against straightforward references.
+"""The fast formulations in ops.py against the plain ones (its references).
 
 References: the LRN formula with shifted slices and a plain power,
 pooling with `lax.reduce_window` (XLA's select-and-scatter gradient), and
@@ -11,6 +11,7 @@ the reference runs in float64 (`jax.enable_x64`). Tolerances:
   equal up to the order in which overlapping windows' gradients are summed.
 """
 
+import json
 import os
 import subprocess
 import sys
@@ -22,13 +23,13 @@ import pytest
 from flax import nnx
 
 from alexnet_jax import model as model_lib
-from alexnet_jax import reference
-from alexnet_jax.model import local_response_norm, max_pool
+from alexnet_jax import ops
+from alexnet_jax.ops import local_response_norm, max_pool
 from tests import cifar_data
 
-lrn_reference = reference.local_response_norm
-pool_reference = reference.max_pool
-conv_reference = reference.conv
+lrn_reference = ops.plain_local_response_norm
+pool_reference = ops.plain_max_pool
+conv_reference = ops.plain_conv
 
 
 def value_and_vjp(f, x, g):
@@ -145,7 +146,7 @@ def test_bias_gradient_is_the_plain_sum_float64(shape):
     y = jax.random.normal(jax.random.key(13), shape, jnp.float64)
     b = jax.random.normal(jax.random.key(14), shape[-1:], jnp.float64)
     g = jax.random.normal(jax.random.key(15), shape, jnp.float64)
-    out, vjp = jax.vjp(jax.jit(model_lib.add_bias), y, b)
+    out, vjp = jax.vjp(jax.jit(ops.add_bias), y, b)
     out_ref, vjp_ref = jax.vjp(lambda y, b: y + b, y, b)
     (dy, db), (dy_ref, db_ref) = vjp(g), vjp_ref(g)
     assert db.dtype == jnp.float64
@@ -156,7 +157,7 @@ def test_bias_gradient_is_the_plain_sum_float64(shape):
 
 def test_bias_add_refuses_mixed_dtypes():
   with pytest.raises(TypeError, match="bfloat16"):
-    model_lib.add_bias(jnp.ones((2, 3), jnp.bfloat16), jnp.ones(3))
+    ops.add_bias(jnp.ones((2, 3), jnp.bfloat16), jnp.ones(3))
 
 
 # ---------------------------------------------------------------- conv
@@ -170,7 +171,7 @@ def test_conv_against_feature_group_count_float64(groups, stride, k):
     x = jax.random.normal(kx, (2, 23, 23, 8), jnp.float64)
     kernel = jax.random.normal(kk, (k, k, 8 // groups, 12), jnp.float64)
     pad = ((k // 2, k // 2),) * 2
-    f = lambda x, w: model_lib.conv(x, w, stride=stride, padding=pad,
+    f = lambda x, w: ops.conv(x, w, stride=stride, padding=pad,
                                     groups=groups)
     ref = lambda x, w: conv_reference(x, w, stride=stride, padding=pad,
                                       groups=groups)
@@ -203,9 +204,9 @@ def real_batch(tmp_path, n: int = 4) -> np.ndarray:
 
 @pytest.mark.parametrize("images,init", [("random", "he"),
                                          ("cifar", "paper")])
-def test_model_gradients_match_reference_formulations(monkeypatch, tmp_path,
-                                                      images, init):
-  """The whole train loss: fast paths vs the references, in float64.
+def test_model_gradients_match_reference_formulations(tmp_path, images,
+                                                      init):
+  """The whole train loss: model.ops=fast vs model.ops=plain, in float64.
 
   Also on real images at the paper's scale and init (ReLU zeros, ties in
   the pools, LRN on 0-255 inputs), where a stalled run could have hidden a
@@ -227,15 +228,63 @@ def test_model_gradients_match_reference_formulations(monkeypatch, tmp_path,
       return jnp.mean(-jax.nn.log_softmax(logits)[jnp.arange(4), labels])
 
     fast = jax.jit(jax.value_and_grad(loss))(params)
-    monkeypatch.setattr(model_lib, "local_response_norm", lrn_reference)
-    monkeypatch.setattr(model_lib, "max_pool", pool_reference)
-    monkeypatch.setattr(model_lib, "conv", conv_reference)
+    # The same parameters in the plain formulation (model.ops=plain).
+    plain = model_lib.AlexNet(preset="cifar", width=0.25, num_classes=10,
+                              dropout_rate=0.0, init=init, ops="plain",
+                              dtype=jnp.float64, rngs=nnx.Rngs(0))
+    plain.eval()
+    graph, _, _ = nnx.split(plain, nnx.Param, ...)  # `loss` reads `graph`.
     ref = jax.jit(jax.value_and_grad(loss))(params)
   fast, ref = jax.tree.map(np.asarray, (fast, ref))
   np.testing.assert_allclose(fast[0], ref[0], rtol=1e-6)
   for a, b in zip(jax.tree.leaves(fast[1]), jax.tree.leaves(ref[1])):
     np.testing.assert_allclose(a, b, rtol=1e-6,
                                atol=1e-6 * np.abs(b).max() + 1e-12)
+
+
+# ---------------------------------------------------------------- model.ops
+
+
+def test_ops_auto_is_fast_on_cpu_and_plain_on_other_backends():
+  assert ops.select("auto", backend="cpu") is ops.FAST
+  assert ops.select("auto", backend="gpu") is ops.PLAIN
+  assert ops.select("auto", backend="tpu") is ops.PLAIN
+  assert ops.select("fast", backend="gpu") is ops.FAST
+  assert ops.select("plain", backend="cpu") is ops.PLAIN
+  with pytest.raises(ValueError, match="model.ops must be one of"):
+    ops.select("fastest")
+
+
+def train_losses(workdir):
+  rows = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text()
+          .splitlines()]
+  return {r["step"]: r["train_loss"] for r in rows if "train_loss" in r}
+
+
+def test_ops_plain_and_fast_train_alike_and_share_checkpoints(tmp_path):
+  """The smoke config's losses with model.ops=fast and =plain, and a run
+  started with one resumed with the other (ops is not part of the state)."""
+  from alexnet_jax import train  # pylint: disable=g-import-not-at-top
+  from configs import smoke  # pylint: disable=g-import-not-at-top
+
+  def config(ops_mode, steps):
+    c = smoke.get_config()
+    c.num_train_steps, c.log_every_steps = steps, 1
+    c.data.num_eval_examples = 32
+    c.model.ops = ops_mode
+    return c
+
+  train.train_and_evaluate(config("fast", 4), str(tmp_path / "fast"))
+  train.train_and_evaluate(config("plain", 2), str(tmp_path / "mixed"))
+  plain = train_losses(tmp_path / "mixed")
+  train.train_and_evaluate(config("fast", 4), str(tmp_path / "mixed"))
+  fast, mixed = train_losses(tmp_path / "fast"), train_losses(
+      tmp_path / "mixed")
+  assert sorted(fast) == sorted(mixed) == [1, 2, 3, 4]
+  for step in (1, 2):
+    np.testing.assert_allclose(plain[step], fast[step], rtol=1e-5)
+  for step in (3, 4):
+    np.testing.assert_allclose(mixed[step], fast[step], rtol=1e-4)
 
 
 # ---------------------------------------------------------------- flags

@@ -10,8 +10,9 @@ from flax import nnx
 from jax import lax
 
 from alexnet_jax import model as model_lib
-from alexnet_jax import reference
-from alexnet_jax.model import AlexNet, count_params, local_response_norm
+from alexnet_jax import ops
+from alexnet_jax.model import AlexNet, count_params
+from alexnet_jax.ops import local_response_norm
 
 HAS_TORCH = importlib.util.find_spec("torch") is not None
 
@@ -137,7 +138,7 @@ def test_lrn_stays_inside_each_tower():
 
 def test_lrn_gradient_matches_direct_formulation():
   # Shifted slices and a plain power instead of reduce_window and rsqrt.
-  direct = reference.local_response_norm
+  direct = ops.plain_local_response_norm
   x = jax.random.uniform(jax.random.key(3), (2, 3, 3, 12), maxval=50.0)
   w = jax.random.normal(jax.random.key(4), x.shape)
   g = jax.grad(lambda v: jnp.sum(w * local_response_norm(v)))(x)
@@ -152,14 +153,14 @@ def test_grouped_conv_is_two_independent_convs():
   kx, kk = jax.random.split(jax.random.key(5))
   x = jax.random.normal(kx, (2, 9, 9, 8))
   kernel = jax.random.normal(kk, (3, 3, 4, 6))  # 2 towers: 4 in, 3 out each.
-  got = model_lib.conv(x, kernel, padding=((1, 1), (1, 1)), groups=2)
+  got = ops.conv(x, kernel, padding=((1, 1), (1, 1)), groups=2)
   dn = ("NHWC", "HWIO", "NHWC")
   halves = [lax.conv_general_dilated(x[..., 4 * t:4 * t + 4],
                                      kernel[..., 3 * t:3 * t + 3], (1, 1),
                                      ((1, 1), (1, 1)), dimension_numbers=dn)
             for t in range(2)]
   np.testing.assert_array_equal(got, jnp.concatenate(halves, -1))
-  grouped = reference.conv(x, kernel, padding=((1, 1), (1, 1)), groups=2)
+  grouped = ops.plain_conv(x, kernel, padding=((1, 1), (1, 1)), groups=2)
   np.testing.assert_allclose(got, grouped, rtol=1e-5, atol=1e-5)
 
 
