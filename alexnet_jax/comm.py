@@ -24,6 +24,7 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
+from alexnet_jax import layers
 from alexnet_jax import model as model_lib
 from alexnet_jax import sharding
 from alexnet_jax import steps
@@ -104,8 +105,7 @@ def summarize(found: list[dict]) -> list[dict]:
                                     pass_=c["pass"], count=0, bytes=0))
     g["count"] += 1
     g["bytes"] += c["bytes"]
-  order = ["conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "fc8",
-           "bn1", "bn2", "many", "-"]
+  order = [*layers.NAMES, *layers.BATCHNORMS.values(), "many", "-"]
   rows = sorted(groups.values(), key=lambda g: (
       g["pass_"] == "bwd", order.index(g["layer"]), g["op"]))
   return [{"op": g["op"], "layer": g["layer"], "pass": g["pass_"],
@@ -185,17 +185,15 @@ def analyze(config: ml_collections.ConfigDict, *,
       "total_bytes": (mem.argument_size_in_bytes + mem.output_size_in_bytes
                       - mem.alias_size_in_bytes + mem.temp_size_in_bytes)}
       for d in mesh.devices.flat]
-  m = config.model
-  towers = m.towers if m.towers is not None else (
-      model_lib.PRESETS[m.preset].towers)
+  geometry = layers.resolve_config(config.model)
+  towers = geometry.towers
   return {
       "mesh": {"data": mesh.shape["data"], "model": mesh.shape["model"]},
       "devices": mesh.devices.size,
       "platform": mesh.devices.flat[0].platform,
       "batch_size": b, "image_size": image_size, "parameters": n_params,
       "towers": towers,
-      "tower_split": bool(towers == 2 and m.norm != "batchnorm"
-                          and mesh.shape["model"] == 2),
+      "tower_split": bool(geometry.tower_split and mesh.shape["model"] == 2),
       "forward": summarize(collectives(fwd.as_text())),
       "train_step": summarize(collectives(step.as_text())),
       "memory": {

@@ -17,6 +17,12 @@ the paper's 55 needs three extra rows and columns; with `conv1_padding=-1`
 cuda-convnet did by rounding up, i.e. padding (0, 3). torchvision instead pads
 2 on every side (its preset does that).
 
+The layers are the rows of layers.LAYERS, and one forward body runs them:
+as one program (any mesh, XLA places it) or, on a mesh with two devices on
+`model`, one tower per device (sharding.run_towers), where the table's
+gather/reduce rows are the paper's four exchanges and everything else is
+local.
+
 The operations (LRN, max-pooling, grouped convolution, bias add) come from
 ops.py, in the formulation `ops` names: `fast` (written for XLA:CPU: a
 grouped convolution as one convolution per tower, LRN without `pow` and with
@@ -26,56 +32,20 @@ a hand-written derivative, max-pooling without select-and-scatter), `plain`
 
 from __future__ import annotations
 
-import dataclasses
-
 import jax
 import jax.numpy as jnp
 from flax import nnx
-from jax import lax
-from jax.sharding import PartitionSpec as P
 
+from alexnet_jax import layers
 from alexnet_jax import ops as ops_lib
 from alexnet_jax import sharding
 
 INIT_STD = 0.01
 
-NORMS = ("lrn", "batchnorm", "none")
-INITS = ("paper", "caffe", "he")
-POOLS = {"overlap": (3, 2), "nonoverlap": (2, 2)}
 ACTIVATIONS = {"relu": jax.nn.relu, "tanh": jnp.tanh}
-
-
-@dataclasses.dataclass(frozen=True)
-class Preset:
-  """A channel layout and conv1 geometry; everything else is a switch."""
-  channels: tuple[int, int, int, int, int]
-  fc_features: tuple[int, int]
-  conv1_kernel: int
-  conv1_stride: int
-  conv1_padding: int  # -1: pad bottom/right just enough (cuda-convnet's ceil).
-  image_size: int
-  towers: int
-  norm: str
-
-
-PRESETS = {
-    # The paper's table: 96-256-384-384-256, two towers.
-    "paper": Preset((96, 256, 384, 384, 256), (4096, 4096), 11, 4, -1, 227,
-                    towers=2, norm="lrn"),
-    # torchvision.models.alexnet ("one weird trick"): one tower, no LRN.
-    "torchvision": Preset((64, 192, 384, 256, 256), (4096, 4096), 11, 4, 2,
-                          224, towers=1, norm="none"),
-    # The paper's network on 32x32 images: 5x5 stride-1 conv1 with 'same'
-    # padding, so the 3/2 pools give 32 -> 15 -> 7 -> 3.
-    "cifar": Preset((96, 256, 384, 384, 256), (4096, 4096), 5, 1, 2, 32,
-                    towers=2, norm="lrn"),
-}
-
-# Which conv layers see only their own tower's channels (paper, figure 2).
-GROUPED = {"conv1": False, "conv2": True, "conv3": False, "conv4": True,
-           "conv5": True}
-# Layers whose bias starts at 1 (paper, section 5); the others start at 0.
-BIAS_ONE = ("conv2", "conv4", "conv5", "fc6", "fc7")
+# Re-exported: the choices and presets live with the layer table.
+NORMS, INITS, POOLS = layers.NORMS, layers.INITS, layers.POOLS
+PRESETS = layers.PRESETS
 
 
 class Conv(nnx.Module):
@@ -120,20 +90,6 @@ class Linear(nnx.Module):
         x @ self.kernel[...].astype(x.dtype), self.bias[...].astype(x.dtype))
 
 
-def _scaled(n: int, width: float, towers: int) -> int:
-  """n * width rounded to a positive multiple of the tower count."""
-  return max(1, round(n * width / towers)) * towers
-
-
-def conv1_pads(image_size: int, kernel: int, stride: int, padding: int):
-  """The conv1 padding per spatial axis; -1 pads bottom/right only, so that
-  the output size is the ceiling of (image_size - kernel) / stride + 1."""
-  if padding >= 0:
-    return ((padding, padding),) * 2
-  extra = -(image_size - kernel) % stride
-  return ((0, extra),) * 2
-
-
 class AlexNet(nnx.Module):
   """AlexNet; the defaults are the paper's network for 1000 classes."""
 
@@ -161,103 +117,66 @@ class AlexNet(nnx.Module):
     are always float32 and the logits are returned as float32. ops picks
     the formulation of the operations (ops.py): auto, fast or plain.
     """
-    if preset not in PRESETS:
-      raise ValueError(f"model.preset must be one of {sorted(PRESETS)}, "
-                       f"got {preset!r}")
-    p = PRESETS[preset]
-    norm = p.norm if norm is None else norm
-    towers = p.towers if towers is None else towers
-    image_size = p.image_size if image_size is None else image_size
-    k1 = p.conv1_kernel if conv1_kernel is None else conv1_kernel
-    s1 = p.conv1_stride if conv1_stride is None else conv1_stride
-    pad1 = p.conv1_padding if conv1_padding is None else conv1_padding
-    if norm not in NORMS:
-      raise ValueError(f"model.norm must be one of {NORMS}, got {norm!r}")
-    if pool not in POOLS:
-      raise ValueError(f"model.pool must be one of {tuple(POOLS)}, "
-                       f"got {pool!r}")
+    g = layers.resolve(preset=preset, norm=norm, pool=pool, towers=towers,
+                       width=width, image_size=image_size,
+                       conv1_kernel=conv1_kernel, conv1_stride=conv1_stride,
+                       conv1_padding=conv1_padding)
     if activation not in ACTIVATIONS:
       raise ValueError(f"model.activation must be one of "
                        f"{tuple(ACTIVATIONS)}, got {activation!r}")
-    if towers not in (1, 2):
-      raise ValueError(f"model.towers must be 1 or 2, got {towers!r}")
     if init not in INITS:
       raise ValueError(f"model.init must be one of {INITS}, got {init!r}")
     if fc8_init_std is not None and not fc8_init_std >= 0:
       raise ValueError(f"model.fc8_init_std must be >= 0, got "
                        f"{fc8_init_std!r}")
-    if not width > 0:
-      raise ValueError(f"model.width must be positive, got {width!r}")
-    ops_lib.select(ops)  # A ValueError names the choices.
     if not 0 <= dropout_rate < 1:
       raise ValueError(f"model.dropout_rate must be in [0, 1), "
                        f"got {dropout_rate!r}")
+    ops_lib.select(ops)  # A ValueError names the choices.
 
-    self.num_classes, self.norm, self.towers = num_classes, norm, towers
-    self.image_size, self.dtype, self.ops = image_size, dtype, ops
-    self.pool_window, self.pool_stride = POOLS[pool]
+    self.geometry = g
+    self.num_classes, self.norm, self.towers = num_classes, g.norm, g.towers
+    self.image_size, self.dtype, self.ops = g.image_size, dtype, ops
+    self.pool_window, self.pool_stride = g.pool_window, g.pool_stride
+    self.stage_sizes = list(g.stage_sizes)
     self.act = ACTIVATIONS[activation]
-    chans = [_scaled(c, width, towers) for c in p.channels]
-    fcs = [_scaled(f, width, towers) for f in p.fc_features]
+    bn = g.norm == "batchnorm"
 
-    # Spatial sizes, so fc6 knows its input width and bad geometry fails here.
-    pad = conv1_pads(image_size, k1, s1, pad1)
-    size = (image_size + sum(pad[0]) - k1) // s1 + 1
-    self.stage_sizes = [size]
-    for _ in range(3):  # pools after conv1, conv2 and conv5; 'same' convs.
-      size = (size - self.pool_window) // self.pool_stride + 1
-      self.stage_sizes.append(size)
-    if min(self.stage_sizes) < 1:
-      raise ValueError(f"image_size {image_size} is too small for conv1 "
-                       f"{k1}x{k1}/{s1} and {pool} pooling "
-                       f"(spatial sizes {self.stage_sizes})")
-
-    bn = norm == "batchnorm"
-
-    def init_args(name, fan_in):
+    def init_args(spec, fan_in):
       if init == "he":
         return dict(bias_init=0.0, init_std=(2.0 / fan_in) ** 0.5)
       if init == "caffe":  # bvlc_alexnet's train_val.prototxt.
-        return dict(bias_init=0.1 if name in BIAS_ONE else 0.0,
-                    init_std=0.005 if name in ("fc6", "fc7") else INIT_STD)
-      return dict(bias_init=1.0 if name in BIAS_ONE else 0.0,
-                  init_std=INIT_STD)
+        hidden_fc = spec.kind == "fc" and not spec.reduce  # fc6, fc7.
+        return dict(bias_init=0.1 if spec.bias_one else 0.0,
+                    init_std=0.005 if hidden_fc else INIT_STD)
+      return dict(bias_init=1.0 if spec.bias_one else 0.0, init_std=INIT_STD)
 
-    def conv_layer(name, cin, cout, k, stride=1, padding=None):
-      padding = padding or ((k // 2, k // 2),) * 2
-      groups = towers if GROUPED[name] else 1
-      return Conv(cin, cout, k, stride=stride, padding=padding, groups=groups,
-                  use_bias=not (bn and name in ("conv1", "conv2")), ops=ops,
-                  rngs=rngs, **init_args(name, k * k * cin // groups))
-
-    self.conv1 = conv_layer("conv1", 3, chans[0], k1, s1, pad)
-    self.conv2 = conv_layer("conv2", chans[0], chans[1], 5)
-    self.conv3 = conv_layer("conv3", chans[1], chans[2], 3)
-    self.conv4 = conv_layer("conv4", chans[2], chans[3], 3)
-    self.conv5 = conv_layer("conv5", chans[3], chans[4], 3)
+    # Parameters are drawn in table order (conv1..fc8), as they always were.
+    cin = 3
+    for spec, cout in zip(layers.LAYERS, g.channels):  # conv1..conv5.
+      k, groups = g.kernel_size(spec), g.groups(spec)
+      first = spec is layers.LAYERS[0]
+      setattr(self, spec.name, Conv(
+          cin, cout, k, stride=g.conv1_stride if first else 1,
+          padding=g.conv1_pads if first else ((k // 2, k // 2),) * 2,
+          groups=groups, use_bias=not (bn and spec.norm), ops=ops, rngs=rngs,
+          **init_args(spec, k * k * cin // groups)))
+      cin = cout
     if bn:
-      self.bn1 = nnx.BatchNorm(chans[0], momentum=0.9, rngs=rngs)
-      self.bn2 = nnx.BatchNorm(chans[1], momentum=0.9, rngs=rngs)
-    flat = self.stage_sizes[-1] ** 2 * chans[4]
-    self.fc6 = Linear(flat, fcs[0], ops=ops, rngs=rngs,
-                      **init_args("fc6", flat))
-    self.fc7 = Linear(fcs[0], fcs[1], ops=ops, rngs=rngs,
-                      **init_args("fc7", fcs[0]))
-    fc8_args = init_args("fc8", fcs[1])
-    if fc8_init_std is not None:
-      fc8_args["init_std"] = fc8_init_std
-    self.fc8 = Linear(fcs[1], num_classes, ops=ops, rngs=rngs, **fc8_args)
-    self.dropout6 = nnx.Dropout(dropout_rate, rngs=rngs)
-    self.dropout7 = nnx.Dropout(dropout_rate, rngs=rngs)
-
-  def _normalized(self, x, layer: int):
-    """conv -> ReLU -> LRN (paper) | conv -> BN -> ReLU | conv -> ReLU."""
-    if self.norm == "batchnorm":
-      return self.act(getattr(self, f"bn{layer}")(x))
-    x = self.act(x)
-    if self.norm == "lrn":
-      x = ops_lib.select(self.ops).local_response_norm(x, groups=self.towers)
-    return x
+      for name, bn_name in layers.BATCHNORMS.items():
+        features = getattr(self, name).kernel.shape[-1]
+        setattr(self, bn_name, nnx.BatchNorm(features, momentum=0.9,
+                                             rngs=rngs))
+    fcs = [s for s in layers.LAYERS if s.kind == "fc"]
+    fin = g.flat_features
+    for spec, fout in zip(fcs, g.fc_features + (num_classes,)):
+      args = init_args(spec, fin)
+      if spec.reduce and fc8_init_std is not None:
+        args["init_std"] = fc8_init_std
+      setattr(self, spec.name, Linear(fin, fout, ops=ops, rngs=rngs, **args))
+      fin = fout
+    for dropout_name in layers.DROPOUTS.values():
+      setattr(self, dropout_name, nnx.Dropout(dropout_rate, rngs=rngs))
 
   def __call__(self, x: jax.Array, *, return_activations: bool = False):
     """Logits (float32) for NHWC images; optionally every stage's output.
@@ -268,142 +187,68 @@ class AlexNet(nnx.Module):
     """
     # BatchNorm's statistics are not written for the per-device program:
     # on model=2 that variant runs as one program placed by XLA.
-    if (self.towers == 2 and self.norm != "batchnorm"
+    if (self.geometry.tower_split
         and sharding.tower_split(batch=x.shape[0])):
-      logits, acts = self._two_tower_forward(x, return_activations)
+      logits, acts = sharding.run_towers(self, x, return_activations)
     else:
-      logits, acts = self._forward(x)
+      logits, acts = self.forward(x, OneProgram(self))
     return (logits, acts) if return_activations else logits
 
-  def _forward(self, x: jax.Array):
-    """The network as one program; on a mesh, XLA's partitioner places it.
+  def forward(self, x: jax.Array, hooks):
+    """The network, layer by layer from layers.LAYERS: (logits, acts).
 
-    Named scopes mark each layer in the compiled HLO (see comm.py).
+    `hooks` applies a layer's weights (`apply`), exchanges the towers'
+    outputs (`gather`: the identity in one program), draws dropout and
+    BatchNorm, and says how many towers the local channels hold
+    (`lrn_groups`). Named scopes mark each layer in the compiled HLO (see
+    comm.py).
     """
-    acts = {}
-    max_pool = ops_lib.select(self.ops).max_pool
-    pool = lambda y: max_pool(y, self.pool_window, self.pool_stride)
-    x = x.astype(self.dtype)
-    with jax.named_scope("conv1"):
-      x = acts["conv1"] = self._normalized(self.conv1(x), 1)
-      x = acts["pool1"] = pool(x)
-    with jax.named_scope("conv2"):
-      x = acts["conv2"] = self._normalized(self.conv2(x), 2)
-      x = acts["pool2"] = pool(x)
-    with jax.named_scope("conv3"):
-      x = acts["conv3"] = self.act(self.conv3(x))
-    with jax.named_scope("conv4"):
-      x = acts["conv4"] = self.act(self.conv4(x))
-    with jax.named_scope("conv5"):
-      x = acts["conv5"] = self.act(self.conv5(x))
-      x = acts["pool5"] = pool(x)
-    with jax.named_scope("fc6"):
-      x = x.reshape(x.shape[0], -1)
-      x = acts["fc6"] = self.dropout6(self.act(self.fc6(x)))
-    with jax.named_scope("fc7"):
-      x = acts["fc7"] = self.dropout7(self.act(self.fc7(x)))
-    with jax.named_scope("fc8"):
-      logits = acts["fc8"] = self.fc8(x).astype(jnp.float32)
+    o = ops_lib.select(self.ops)
+    acts, logits = {}, None
+    y = x.astype(self.dtype)
+    for spec in layers.LAYERS:
+      with jax.named_scope(spec.name):
+        if spec.gather:
+          y = hooks.gather(y)
+        if spec.kind == "fc":
+          y = y.reshape(y.shape[0], -1)
+        y = hooks.apply(spec, y)
+        if spec.reduce:  # fc8: the logits.
+          logits = acts[spec.name] = y.astype(jnp.float32)
+          continue
+        if spec.norm and self.norm == "batchnorm":
+          y = self.act(hooks.batchnorm(spec, y))  # conv -> BN -> ReLU.
+        else:
+          y = self.act(y)  # conv -> ReLU -> LRN (paper) | conv -> ReLU.
+          if spec.norm and self.norm == "lrn":
+            y = o.local_response_norm(y, groups=hooks.lrn_groups)
+        if spec.dropout:
+          y = hooks.dropout(spec, y)
+        acts[spec.name] = y
+        if spec.pool:
+          y = acts[layers.POOLED[spec.name]] = o.max_pool(
+              y, self.pool_window, self.pool_stride)
     return logits, acts
 
-  def _two_tower_forward(self, x: jax.Array, return_activations: bool):
-    """One tower per device of the `model` axis (paper, figure 2).
 
-    Runs under jax.shard_map, manual over `data` and `model`: each device
-    holds its rows of the batch and its tower's parameters (placed by
-    sharding.param_spec), so conv1, the grouped conv2/conv4/conv5, the
-    per-tower LRN and the pooling touch only local data. The only exchanges
-    are the paper's four, at the layers that read both towers: all-gathers
-    of both towers' outputs (channel or unit axis) into conv3, fc6 and fc7,
-    and for fc8, which holds the rows for its own fc7 units, an all-reduce
-    of the two partial logits (sharding.py says why). Every device then
-    holds the full logits, so the loss needs no further exchange. Plain
-    GSPMD annotations would instead move data inside the grouped layers.
+class OneProgram:
+  """The forward's hooks as one program: the model's own layers, no
+  exchanges (XLA's partitioner places it on a mesh)."""
 
-    Dropout masks are drawn outside the shard_map for the full (batch,
-    units) shape, exactly as the one-device forward draws them, and each
-    device applies its block: identical masks on every mesh.
-    """
-    dt = self.dtype
-    names = ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "fc8")
-    params = {n: (getattr(self, n).kernel[...], getattr(self, n).bias[...])
-              for n in names}
-    param_specs = {n: tuple(sharding.param_spec(n, leaf, p.shape)
-                            for leaf, p in zip(("kernel", "bias"), params[n]))
-                   for n in names}
-    batch = P(sharding.DATA)
-    tower = P(sharding.DATA, None, None, sharding.MODEL)
-    units = P(sharding.DATA, sharding.MODEL)
-    masks, keep = {}, {}
-    for name, drop in (("fc6", self.dropout6), ("fc7", self.dropout7)):
-      if not (drop.deterministic or drop.rate == 0):
-        shape = (x.shape[0], getattr(self, name).kernel.shape[-1])
-        masks[name] = drop(jnp.ones(shape, dt)) != 0
-        keep[name] = 1.0 - drop.rate
+  def __init__(self, model: AlexNet):
+    self.model, self.lrn_groups = model, model.towers
 
-    o = ops_lib.select(self.ops)
+  def apply(self, spec, y):
+    return getattr(self.model, spec.name)(y)
 
-    def forward(x, params, masks):
-      acts = {}
-      pool = lambda y: o.max_pool(y, self.pool_window, self.pool_stride)
+  def gather(self, y):
+    return y
 
-      def layer(name, y):
-        kernel, bias = params[name]
-        if kernel.ndim == 2:
-          y = y @ kernel.astype(dt)
-        else:  # This tower's channels only: one group here.
-          m = getattr(self, name)
-          y = o.conv(y, kernel.astype(dt), stride=m.stride,
-                     padding=m.padding)
-        return o.add_bias(y, bias.astype(dt))
+  def dropout(self, spec, y):
+    return getattr(self.model, layers.DROPOUTS[spec.name])(y)
 
-      def normalized(y):  # The local channels are one tower: groups=1.
-        y = self.act(y)
-        return o.local_response_norm(y) if self.norm == "lrn" else y
-
-      def exchange(y):  # Both towers' halves, on every device.
-        return lax.all_gather(y, sharding.MODEL, axis=y.ndim - 1, tiled=True)
-
-      def dropout(name, y):
-        if name not in masks:
-          return y
-        return lax.select(masks[name], y / keep[name], jnp.zeros_like(y))
-
-      y = x.astype(dt)
-      with jax.named_scope("conv1"):
-        y = acts["conv1"] = normalized(layer("conv1", y))
-        y = acts["pool1"] = pool(y)
-      with jax.named_scope("conv2"):
-        y = acts["conv2"] = normalized(layer("conv2", y))
-        y = acts["pool2"] = pool(y)
-      with jax.named_scope("conv3"):
-        y = acts["conv3"] = self.act(layer("conv3", exchange(y)))
-      with jax.named_scope("conv4"):
-        y = acts["conv4"] = self.act(layer("conv4", y))
-      with jax.named_scope("conv5"):
-        y = acts["conv5"] = self.act(layer("conv5", y))
-        y = acts["pool5"] = pool(y)
-      with jax.named_scope("fc6"):
-        y = exchange(y)
-        y = y.reshape(y.shape[0], -1)
-        y = acts["fc6"] = dropout("fc6", self.act(layer("fc6", y)))
-      with jax.named_scope("fc7"):
-        y = acts["fc7"] = dropout("fc7", self.act(layer("fc7", exchange(y))))
-      with jax.named_scope("fc8"):  # Partial logits of this tower, summed.
-        kernel, bias = params["fc8"]
-        y = lax.psum(y @ kernel.astype(dt), sharding.MODEL)
-        logits = acts["fc8"] = o.add_bias(y, bias.astype(dt)).astype(
-            jnp.float32)
-      return logits, (acts if return_activations else {})
-
-    act_specs = {k: tower for k in ("conv1", "pool1", "conv2", "pool2",
-                                    "conv3", "conv4", "conv5", "pool5")}
-    act_specs.update(fc6=units, fc7=units, fc8=batch)
-    run = jax.shard_map(
-        forward, in_specs=(batch, param_specs, {k: units for k in masks}),
-        out_specs=(batch, act_specs if return_activations else {}),
-        axis_names={sharding.DATA, sharding.MODEL})
-    return run(x, params, masks)
+  def batchnorm(self, spec, y):
+    return getattr(self.model, layers.BATCHNORMS[spec.name])(y)
 
 
 def input_size(model_config) -> int:

@@ -10,7 +10,7 @@ axis (tower t owns output block t: 48+48 conv1 kernels, 2048+2048 fc6/fc7
 units), so the grouped layers' kernels (C_in/2 inputs) are exactly the
 tower's own. fc8 is split on its input axis: tower t owns the 2048 rows
 that read its own fc7 units, computes partial logits, and one all-reduce
-sums the two halves (see AlexNet._two_tower_forward). That exchange moves
+sums the two halves (see run_towers). That exchange moves
 batch x 1000 numbers instead of gathering batch x 4096 fc7 outputs, and
 keeps half of fc8 per device; only its 1000 biases are replicated.
 Optimizer state (momentum traces) mirrors the parameters leaf by leaf.
@@ -29,17 +29,24 @@ import threading
 import time
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import logging
+from jax import lax
 from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
+
+from alexnet_jax import layers
+from alexnet_jax import ops as ops_lib
 
 DATA, MODEL = "data", "model"
 
 # Layers split into towers along their output (last) axis when model=2;
 # BatchNorm of layers 1-2 is per channel, so it follows its conv's split.
-TOWER_LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7",
-                "bn1", "bn2")
+# The layer that sums partial results (fc8) splits its input axis instead.
+TOWER_LAYERS = tuple(l.name for l in layers.LAYERS if not l.reduce) + tuple(
+    layers.BATCHNORMS.values())
+INPUT_SPLIT_LAYERS = tuple(l.name for l in layers.LAYERS if l.reduce)
 DISTRIBUTED_MODES = ("auto", "on", "off")
 
 
@@ -215,8 +222,8 @@ def param_spec(layer: str, leaf: str, shape) -> P:
   if layer in TOWER_LAYERS and len(shape) >= 1 and shape[-1] % 2 == 0 and (
       leaf in ("kernel", "bias", "scale", "mean", "var")):
     return P(*([None] * (len(shape) - 1)), MODEL)
-  if layer == "fc8" and leaf == "kernel" and len(shape) == 2 and (
-      shape[0] % 2 == 0):
+  if (layer in INPUT_SPLIT_LAYERS and leaf == "kernel" and len(shape) == 2
+      and shape[0] % 2 == 0):
     return P(MODEL, None)
   return P()
 
@@ -245,3 +252,96 @@ def state_shardings(state, mesh: jax.sharding.Mesh):
                                           getattr(leaf, "shape", ())))
 
   return jax.tree.map_with_path(one, state)
+
+
+# ---------------------------------------------------------------- towers
+
+
+def run_towers(model, x: jax.Array, return_activations: bool):
+  """model.forward with one tower per device of the `model` axis (paper,
+  figure 2): (logits, activations or {}).
+
+  Runs under jax.shard_map, manual over `data` and `model`: each device
+  holds its rows of the batch and its tower's parameters (placed by
+  param_spec), so conv1, the grouped conv2/conv4/conv5, the per-tower LRN
+  and the pooling touch only local data. The only exchanges are the
+  paper's four, at the layer table's gather and reduce rows: all-gathers of
+  both towers' outputs (channel or unit axis) into conv3, fc6 and fc7, and
+  for fc8, which holds the rows for its own fc7 units, an all-reduce of the
+  two partial logits (the module docstring says why). Every device then
+  holds the full logits, so the loss needs no further exchange. Plain
+  GSPMD annotations would instead move data inside the grouped layers.
+
+  Dropout masks are drawn outside the shard_map for the full (batch,
+  units) shape, exactly as the one-program forward draws them, and each
+  device applies its block: identical masks on every mesh.
+  """
+  dt = model.dtype
+  params = {n: (getattr(model, n).kernel[...], getattr(model, n).bias[...])
+            for n in layers.NAMES}
+  param_specs = {n: tuple(param_spec(n, leaf, p.shape)
+                          for leaf, p in zip(("kernel", "bias"), params[n]))
+                 for n in layers.NAMES}
+  batch = P(DATA)
+  tower = P(DATA, None, None, MODEL)
+  units = P(DATA, MODEL)
+  masks, keep = {}, {}
+  for name, dropout_name in layers.DROPOUTS.items():
+    drop = getattr(model, dropout_name)
+    if not (drop.deterministic or drop.rate == 0):
+      shape = (x.shape[0], getattr(model, name).kernel.shape[-1])
+      masks[name] = drop(jnp.ones(shape, dt)) != 0
+      keep[name] = 1.0 - drop.rate
+
+  def forward(x, params, masks):
+    logits, acts = model.forward(x, _Tower(model, params, masks, keep))
+    return logits, (acts if return_activations else {})
+
+  act_specs = {}
+  for l in layers.LAYERS:
+    act_specs[l.name] = (tower if l.kind == "conv" else
+                         batch if l.reduce else units)
+    if l.pool:
+      act_specs[layers.POOLED[l.name]] = tower
+  run = jax.shard_map(
+      forward, in_specs=(batch, param_specs, {k: units for k in masks}),
+      out_specs=(batch, act_specs if return_activations else {}),
+      axis_names={DATA, MODEL})
+  return run(x, params, masks)
+
+
+class _Tower:
+  """The forward's hooks on one device of the tower split: this tower's
+  kernels (one group: the local channels are one tower), the gathers and
+  the fc8 sum over `model`, dropout from the masks drawn outside."""
+
+  lrn_groups = 1
+
+  def __init__(self, model, params, masks, keep):
+    self.model, self.params, self.masks, self.keep = model, params, masks, keep
+    self.ops = ops_lib.select(model.ops)
+
+  def apply(self, spec, y):
+    kernel, bias = self.params[spec.name]
+    dt = self.model.dtype
+    if kernel.ndim == 2:
+      y = y @ kernel.astype(dt)
+      if spec.reduce:  # Partial logits of this tower, summed.
+        y = lax.psum(y, MODEL)
+    else:  # This tower's channels only: one group here.
+      m = getattr(self.model, spec.name)
+      y = self.ops.conv(y, kernel.astype(dt), stride=m.stride,
+                        padding=m.padding)
+    return self.ops.add_bias(y, bias.astype(dt))
+
+  def gather(self, y):  # Both towers' halves, on every device.
+    return lax.all_gather(y, MODEL, axis=y.ndim - 1, tiled=True)
+
+  def dropout(self, spec, y):
+    if spec.name not in self.masks:
+      return y
+    return lax.select(self.masks[spec.name], y / self.keep[spec.name],
+                      jnp.zeros_like(y))
+
+  def batchnorm(self, spec, y):
+    raise ValueError("BatchNorm runs as one program, not split into towers")

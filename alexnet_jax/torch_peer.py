@@ -3,7 +3,7 @@
 `torch_alexnet` is the benchmark's peer; `TorchTwin` trains it from the JAX
 model's parameters with the paper's update (experiments/torch_twin.py and
 tests/test_real_data.py). Nothing in training imports this module; it shares
-only the preset table and the conv1 geometry helpers with the JAX model.
+only the resolved geometry (layers.resolve_config) with the JAX model.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 from flax import nnx
 
-from alexnet_jax import model as model_lib
+from alexnet_jax import layers
 from alexnet_jax import ops
 
 
@@ -27,18 +27,11 @@ def torch_alexnet(config, lrn: str = "slices"):
   from torch import nn
 
   c = config.model
-  p = model_lib.PRESETS[c.preset]
-  towers = p.towers if c.towers is None else c.towers
-  norm = p.norm if c.norm is None else c.norm
-  size = model_lib.input_size(c)
-  k1 = p.conv1_kernel if c.conv1_kernel is None else c.conv1_kernel
-  s1 = p.conv1_stride if c.conv1_stride is None else c.conv1_stride
-  pad1 = p.conv1_padding if c.conv1_padding is None else c.conv1_padding
-  (pt, pb), (pl, pr) = model_lib.conv1_pads(size, k1, s1, pad1)
-  scaled = model_lib._scaled  # pylint: disable=protected-access
-  ch = [scaled(n, c.width, towers) for n in p.channels]
-  fc = [scaled(n, c.width, towers) for n in p.fc_features]
-  window, stride = model_lib.POOLS[c.pool]
+  g = layers.resolve_config(c)  # The sizes the JAX model uses.
+  towers, norm, ch, fc = g.towers, g.norm, g.channels, g.fc_features
+  k1, s1 = g.conv1_kernel, g.conv1_stride
+  (pt, pb), (pl, pr) = g.conv1_pads
+  window, stride = g.pool_window, g.pool_stride
   act = {"relu": nn.ReLU, "tanh": nn.Tanh}[c.activation]
 
   n_lrn, r = ops.LRN_N, ops.LRN_N // 2
@@ -81,24 +74,22 @@ def torch_alexnet(config, lrn: str = "slices"):
       mods.append(TowerLRN() if lrn == "module" else SliceLRN())
     return mods
 
+  size_out = g.stage_sizes[-1]
   g = towers
-  size_out = (size + pt + pb - k1) // s1 + 1
-  for _ in range(3):
-    size_out = (size_out - window) // stride + 1
-  layers = [nn.ZeroPad2d((pl, pr, pt, pb))]
-  layers += block(3, ch[0], k1, 1, s1, 0, layer=1)
-  layers += [nn.MaxPool2d(window, stride)]
-  layers += block(ch[0], ch[1], 5, g, layer=2)
-  layers += [nn.MaxPool2d(window, stride)]
-  layers += block(ch[1], ch[2], 3, 1) + block(ch[2], ch[3], 3, g)
-  layers += block(ch[3], ch[4], 3, g) + [nn.MaxPool2d(window, stride)]
+  seq = [nn.ZeroPad2d((pl, pr, pt, pb))]
+  seq += block(3, ch[0], k1, 1, s1, 0, layer=1)
+  seq += [nn.MaxPool2d(window, stride)]
+  seq += block(ch[0], ch[1], 5, g, layer=2)
+  seq += [nn.MaxPool2d(window, stride)]
+  seq += block(ch[1], ch[2], 3, 1) + block(ch[2], ch[3], 3, g)
+  seq += block(ch[3], ch[4], 3, g) + [nn.MaxPool2d(window, stride)]
   # NHWC flattening order does not matter for speed; torch flattens NCHW.
-  layers += [nn.Flatten(),
-             nn.Linear(size_out * size_out * ch[4], fc[0]), act(),
-             nn.Dropout(c.dropout_rate),
-             nn.Linear(fc[0], fc[1]), act(), nn.Dropout(c.dropout_rate),
-             nn.Linear(fc[1], c.num_classes)]
-  return nn.Sequential(*layers)
+  seq += [nn.Flatten(),
+          nn.Linear(size_out * size_out * ch[4], fc[0]), act(),
+          nn.Dropout(c.dropout_rate),
+          nn.Linear(fc[0], fc[1]), act(), nn.Dropout(c.dropout_rate),
+          nn.Linear(fc[1], c.num_classes)]
+  return nn.Sequential(*seq)
 
 
 # ---------------------------------------------------------------- twin
@@ -107,9 +98,8 @@ def torch_alexnet(config, lrn: str = "slices"):
 def jax_params(model_state) -> dict:
   """{layer: (kernel, bias)} as float32 NumPy arrays."""
   pure = nnx.to_pure_dict(model_state)
-  names = ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "fc8")
   return {n: (np.asarray(pure[n]["kernel"]), np.asarray(pure[n]["bias"]))
-          for n in names}
+          for n in layers.NAMES}
 
 
 def torch_layers(net):
@@ -117,8 +107,7 @@ def torch_layers(net):
   from torch import nn
   convs = [m for m in net if isinstance(m, nn.Conv2d)]
   fcs = [m for m in net if isinstance(m, nn.Linear)]
-  names = [f"conv{i}" for i in range(1, 6)] + ["fc6", "fc7", "fc8"]
-  return dict(zip(names, convs + fcs))
+  return dict(zip(layers.NAMES, convs + fcs))
 
 
 def copy_into_torch(params: dict, net, pool5_shape) -> None:

@@ -9,6 +9,7 @@ import pytest
 from flax import nnx
 from jax import lax
 
+from alexnet_jax import layers
 from alexnet_jax import model as model_lib
 from alexnet_jax import ops
 from alexnet_jax.model import AlexNet, count_params
@@ -55,9 +56,9 @@ def test_stage_shapes(pool, image_size):
 
 def test_224_input_pads_bottom_right_only():
   # cuda-convnet's rounding up: 224 + 3 rows/cols at the far edge = 227.
-  assert model_lib.conv1_pads(224, 11, 4, -1) == ((0, 3), (0, 3))
-  assert model_lib.conv1_pads(227, 11, 4, -1) == ((0, 0), (0, 0))
-  assert model_lib.conv1_pads(224, 11, 4, 2) == ((2, 2), (2, 2))
+  assert layers.conv1_pads(224, 11, 4, -1) == ((0, 3), (0, 3))
+  assert layers.conv1_pads(227, 11, 4, -1) == ((0, 0), (0, 0))
+  assert layers.conv1_pads(224, 11, 4, 2) == ((2, 2), (2, 2))
 
 
 def test_cifar_preset_shapes_and_num_classes():

@@ -24,6 +24,7 @@ import pytest
 from flax import nnx
 
 from alexnet_jax import comm
+from alexnet_jax import model as model_lib
 from alexnet_jax import sharding
 from alexnet_jax import steps
 from alexnet_jax import train
@@ -134,14 +135,16 @@ def run(data, model):
 def forward_only(data, model, train_mode=False, plain=False, **overrides):
   """Logits and compiled collectives of a forward pass of a model variant.
 
-  train_mode: dropout active. plain: AlexNet._forward, the network as one
+  train_mode: dropout active. plain: AlexNet.forward with OneProgram, the
+  network as one
   program left to XLA's partitioner even when the mesh has model=2.
   """
   mesh = mesh_of(data, model)
   config, model_state, _, _, _ = setup(mesh, **overrides)
   _, model_graph, _, _, _, eval_graph = initial(**overrides)
   graph = model_graph if train_mode else eval_graph
-  call = (lambda m, x: m._forward(x)[0]) if plain else (lambda m, x: m(x))
+  call = ((lambda m, x: m.forward(x, model_lib.OneProgram(m))[0]) if plain
+          else (lambda m, x: m(x)))
   with jax.set_mesh(mesh):
     f = jax.jit(lambda s, x: call(nnx.merge(graph, s), x))
     x = jax.device_put(make_batch(config)["image"],
