@@ -53,6 +53,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from alexnet_jax import flops as flops_lib
 from alexnet_jax import input_pipeline
 from alexnet_jax import model as model_lib
 from alexnet_jax import sharding
@@ -84,54 +85,6 @@ config_flags.DEFINE_config_file(
     lock_config=True)
 
 
-# ---------------------------------------------------------------- FLOPs
-
-
-def _sub_jaxprs(params):
-  for v in params.values():
-    for item in (v if isinstance(v, (tuple, list)) else (v,)):
-      if isinstance(item, jax.extend.core.ClosedJaxpr):
-        yield item.jaxpr
-      elif isinstance(item, jax.extend.core.Jaxpr):
-        yield item
-
-
-def count_flops(jaxpr) -> int:
-  """2 x multiply-adds of every convolution and dot_general in a jaxpr."""
-  total = 0
-  for eqn in jaxpr.eqns:
-    name = eqn.primitive.name
-    if name == "conv_general_dilated":
-      rhs = eqn.invars[1].aval.shape
-      out = eqn.outvars[0].aval.shape
-      rhs_out = rhs[eqn.params["dimension_numbers"].rhs_spec[0]]
-      # Each output element takes prod(kernel) / C_out multiply-adds, with
-      # or without feature or batch groups.
-      total += 2 * math.prod(out) * (math.prod(rhs) // rhs_out)
-    elif name == "dot_general":
-      (lhs_contract, _), _ = eqn.params["dimension_numbers"]
-      lhs = eqn.invars[0].aval.shape
-      k = math.prod(lhs[d] for d in lhs_contract)
-      total += 2 * math.prod(eqn.outvars[0].aval.shape) * k
-    for sub in _sub_jaxprs(eqn.params):
-      total += count_flops(sub)
-  return total
-
-
-def matmul_peak(n: int = 4096, reps: int = 5) -> float:
-  """Best GFLOP/s of an n x n float32 jnp.dot on the default device."""
-  a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
-  b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
-  dot = jax.jit(jnp.dot)
-  dot(a, b).block_until_ready()
-  best = math.inf
-  for _ in range(reps):
-    t = time.perf_counter()
-    dot(a, b).block_until_ready()
-    best = min(best, time.perf_counter() - t)
-  return 2 * n ** 3 / best / 1e9
-
-
 # ---------------------------------------------------------------- JAX side
 
 
@@ -161,7 +114,7 @@ class JaxStep:
       else:
         fn = eval_step
         args = (self.model_state, self.batch)
-      self.flops = count_flops(jax.make_jaxpr(fn)(*args).jaxpr)
+      self.flops = flops_lib.count_flops(jax.make_jaxpr(fn)(*args).jaxpr)
       t = time.perf_counter()
       self.compiled = fn.lower(*args).compile()
       self.compile_s = time.perf_counter() - t
@@ -253,7 +206,7 @@ def benchmark(config, *, what: str = "train", batch_size: int | None = None,
   batch_size = batch_size or config.batch_size
   with config.unlocked():
     config.batch_size = batch_size
-  peak = matmul_peak(peak_size)
+  peak = flops_lib.matmul_peak(peak_size)
   runners = {"jax": JaxStep(config, what, batch_size)}
   first = {}
   if compare_torch:
@@ -280,7 +233,7 @@ def benchmark(config, *, what: str = "train", batch_size: int | None = None,
     for name, r in runners.items():
       times[name].append(_timed(r.run, steps))
   # Other processes lower a single peak measurement: keep the better of two.
-  peak = max(peak, matmul_peak(peak_size))
+  peak = max(peak, flops_lib.matmul_peak(peak_size))
 
   flops = runners["jax"].flops
   result = {

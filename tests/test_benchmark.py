@@ -14,6 +14,7 @@ from flax import nnx
 from jax import lax
 
 from alexnet_jax import benchmark
+from alexnet_jax import flops as flops_lib
 from alexnet_jax import model as model_lib
 from alexnet_jax import ops
 from configs import default, smoke
@@ -68,7 +69,7 @@ def test_flop_count_of_one_grouped_conv_and_one_dot():
                                  feature_group_count=2)
     return y, x[:, 0, 0, :] @ w
 
-  flops = benchmark.count_flops(jax.make_jaxpr(f)(x, k, w).jaxpr)
+  flops = flops_lib.count_flops(jax.make_jaxpr(f)(x, k, w).jaxpr)
   assert flops == 2 * (2 * 9 * 9 * 6) * (3 * 3 * 4) + 2 * (2 * 5) * 8
 
 
@@ -80,7 +81,7 @@ def test_paper_forward_flops_are_the_known_count():
   graph, state = nnx.split(model)
   x = jax.ShapeDtypeStruct((1, 227, 227, 3), jnp.float32)
   forward = lambda state, x: nnx.merge(graph, state)(x)
-  flops = benchmark.count_flops(jax.make_jaxpr(forward)(state, x).jaxpr)
+  flops = flops_lib.count_flops(jax.make_jaxpr(forward)(state, x).jaxpr)
   macs = (55 * 55 * 96 * 11 * 11 * 3 + 27 * 27 * 256 * 5 * 5 * 48
           + 13 * 13 * 384 * 3 * 3 * 256 + 13 * 13 * 384 * 3 * 3 * 192
           + 13 * 13 * 256 * 3 * 3 * 192 + 9216 * 4096 + 4096 * 4096
