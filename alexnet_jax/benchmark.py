@@ -203,6 +203,8 @@ def benchmark(config, *, what: str = "train", batch_size: int | None = None,
               torch_threads: int = 2, peak_size: int = 4096,
               torch_lrn: str = "slices") -> dict:
   """Times the step; returns a dict of what was measured (see module doc)."""
+  # One function on purpose (68 lines): the JAX and PyTorch windows must
+  # alternate in one loop so that load from other processes hits both alike.
   batch_size = batch_size or config.batch_size
   with config.unlocked():
     config.batch_size = batch_size

@@ -146,6 +146,9 @@ def analyze(config: ml_collections.ConfigDict, *,
   compiler_options go to XLA (tests lower the backend optimization level,
   which changes neither the HLO's collectives nor its buffers).
   """
+  # Long (66 lines) because the report is one flat dict built from one
+  # compile of each program; splitting it would pass the compiled objects
+  # around for no reader's benefit.
   mesh = sharding.create_mesh(config.mesh)
   with jax.set_mesh(mesh):
     image_size = model_lib.input_size(config.model)

@@ -117,6 +117,9 @@ class AlexNet(nnx.Module):
     are always float32 and the logits are returned as float32. ops picks
     the formulation of the operations (ops.py): auto, fast or plain.
     """
+    # Long (84 lines, a third of them the docstring): the argument checks,
+    # then the layers built from the table in the order their parameters
+    # have always been drawn (which keeps every seed's initialization).
     g = layers.resolve(preset=preset, norm=norm, pool=pool, towers=towers,
                        width=width, image_size=image_size,
                        conv1_kernel=conv1_kernel, conv1_stride=conv1_stride,

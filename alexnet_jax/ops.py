@@ -101,6 +101,8 @@ def max_pool(x: jax.Array, window: int, stride: int) -> jax.Array:
   overlap, an input's gradients from several windows may be summed in
   another order (float rounding). Reverse mode only (a custom VJP).
   """
+  # Long (84 lines, most of them comments): the forward, its residual and
+  # the phase-split backward share the shapes worked out here.
   n, h, w, c = x.shape
   ho = (h - window) // stride + 1
   wo = (w - window) // stride + 1

@@ -23,6 +23,8 @@ def torch_alexnet(config, lrn: str = "slices"):
   activation. lrn='module' is torch.nn.LocalResponseNorm(5, alpha=5e-4)
   (torch divides alpha by n); 'slices' the same formula by hand.
   """
+  # Long (75 lines) because the torch modules are local classes that close
+  # over this config's sizes: an independent network written out in full.
   import torch
   from torch import nn
 
