@@ -78,12 +78,23 @@ def test_train_steps_match_the_torch_twin_on_real_batches(two_classes,
   # fake devices' thread pools sum in another order than torch) beyond
   # the tolerance: at 0.01 the 2-class loss jumps 0.66 -> 4.97 at step 2.
   lr = 0.002
+  # The shipped recipe's losses agree to 5e-7 for three steps, then (on an
+  # AMD EPYC, AVX2) jump to 2e-4 at step 4 and 6e-4 at step 6: a sudden
+  # step, not a drift, as when one nearly tied comparison (a max-pool
+  # window, a ReLU at 0) goes the other way in float32 on the two sides.
+  # A wrong bias decay moves that recipe (zero-initialized biases) by only
+  # 1e-6, so the paper variant, where it moves the loss by 8e-4 in six
+  # steps (2e-4 at step 3), is the one held to 2e-4.
+  # The flip also moves 2% of conv3's weights by up to 3x the paper
+  # variant's tolerance after six steps, hence `scale` below.
+  rtol = 2e-4 if recipe != "shipped" else 1e-3
+  scale = 1e-4 if recipe != "shipped" else 5e-4
   for step in range(6):
     batch = next(batches)
     model_state, opt_state, m = train_step(model_state, opt_state, batch,
                                            jnp.float32(lr))
     torch_loss, _ = twin.step(batch["image"], batch["label"], lr)
-    np.testing.assert_allclose(float(m["loss"]), torch_loss, rtol=2e-4,
+    np.testing.assert_allclose(float(m["loss"]), torch_loss, rtol=rtol,
                                err_msg=f"step {step + 1}")
   # The parameters after six updates, layer by layer.
   ours = torch_peer.jax_params(model_state)
@@ -93,10 +104,10 @@ def test_train_steps_match_the_torch_twin_on_real_batches(two_classes,
     want = theirs[name].weight.detach().numpy()
     want = want.transpose(2, 3, 1, 0) if kernel.ndim == 4 else want.T
     np.testing.assert_allclose(kernel, want, rtol=0,
-                               atol=1e-4 * np.abs(want).max(), err_msg=name)
+                               atol=scale * np.abs(want).max(), err_msg=name)
     np.testing.assert_allclose(ours[name][1],
                                theirs[name].bias.detach().numpy(), rtol=0,
-                               atol=1e-4 * np.abs(want).max() + 1e-7,
+                               atol=scale * np.abs(want).max() + 1e-7,
                                err_msg=name)
 
 
