@@ -14,6 +14,7 @@ step that restores, naming (and setting aside) any that does not.
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 
@@ -164,22 +165,35 @@ def _restore_error(error: BaseException) -> str:
 
 def _quiet_abandoned_reads():
   """After a restore fails, orbax's reads of the other arrays still finish
-  on TensorStore threads and report to an event loop that has closed:
-  'Exception ignored in <coroutine _read_array_index_and_device_put>'
-  tracebacks, possibly much later. They say nothing the warning does not."""
-  previous = sys.unraisablehook
-  if getattr(previous, "quiets_orbax", False):
+  on TensorStore threads and report to an event loop that has closed,
+  possibly much later, by three routes: an unraisable exception ('Exception
+  ignored in <coroutine _read_array_index_and_device_put>'), an exception
+  printed from the callback thread ('Event loop is closed' from
+  call_soon_threadsafe) and asyncio's '... exception was never retrieved'
+  log records. Each is a traceback that says nothing the warning does not."""
+  if getattr(sys.unraisablehook, "quiets_orbax", False):
     return
+  unraisable_hook, except_hook = sys.unraisablehook, sys.excepthook
 
-  def hook(unraisable):
-    text = f"{unraisable.object!r} {unraisable.exc_value!r}"
-    if ("_read_array_index_and_device_put" in text or
-        "Event loop is closed" in text):
-      return
-    previous(unraisable)
+  def on_unraisable(unraisable):
+    if not _abandoned_read(f"{unraisable.object!r} {unraisable.exc_value!r}"):
+      unraisable_hook(unraisable)
 
-  hook.quiets_orbax = True
-  sys.unraisablehook = hook
+  def on_exception(kind, value, tb):
+    if not _abandoned_read(repr(value)):
+      except_hook(kind, value, tb)
+
+  on_unraisable.quiets_orbax = True
+  sys.unraisablehook, sys.excepthook = on_unraisable, on_exception
+  logging.getLogger("asyncio").addFilter(
+      lambda record: not _abandoned_read(
+          f"{record.getMessage()} {record.exc_info and record.exc_info[1]!r}"))
+
+
+def _abandoned_read(text: str) -> bool:
+  return any(mark in text for mark in (
+      "_read_array_index_and_device_put", "async_deserialize",
+      "Encountered error while reading array index", "Event loop is closed"))
 
 
 def restore_latest(run, ckpts: Checkpoints, *,
