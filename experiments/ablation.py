@@ -186,7 +186,9 @@ def main(argv):
     print(f"error: {e}", file=sys.stderr)
     return 2
   seeds = list(config.sweep.seeds)
-  grid = [(c, s) for c in cells(axes) for s in seeds]
+  # Seed by seed: a sweep stopped part way has every cell at its first
+  # seeds rather than some cells complete and others absent.
+  grid = [(c, s) for s in seeds for c in cells(axes)]
   plan = {"axes": [[f, v] for f, v in axes], "seeds": seeds}
   if not FLAGS.report_only:
     config_arg = config_flags.get_config_filename(FLAGS["config"])
