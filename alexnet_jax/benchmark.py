@@ -31,7 +31,8 @@ shifted slices of the squares, which made the peer's steps up to 35% faster
 here (experiments/results/benchmark.md) than `module`,
 torch.nn.LocalResponseNorm (avg_pool3d over the squares; about a third of
 the peer's train step). `both` times the two peers in the same run, as rows
-`torch` and `torch_module`.
+`torch` and `torch_module`. The peer lives outside the package, in the
+repository's experiments/torch_peer.py: --compare-torch runs from a checkout.
 """
 
 from __future__ import annotations
@@ -58,7 +59,6 @@ from alexnet_jax import input_pipeline
 from alexnet_jax import model as model_lib
 from alexnet_jax import sharding
 from alexnet_jax import train
-from alexnet_jax.torch_peer import torch_alexnet
 
 FLAGS = flags.FLAGS
 TORCH_LRN = ("slices", "module", "both")
@@ -144,10 +144,11 @@ class TorchStep:
   def __init__(self, config, what: str, batch_size: int, threads: int,
                lrn: str = "slices"):
     import torch
+    from experiments import torch_peer
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     self.torch, self.what = torch, what
-    self.model = torch_alexnet(config, lrn)
+    self.model = torch_peer.torch_alexnet(config, lrn)
     self.params = sum(p.numel() for p in self.model.parameters())
     size = model_lib.input_size(config.model)
     self.x = torch.randn(batch_size, 3, size, size)
@@ -184,6 +185,13 @@ def import_torch_or_exit():
     import torch  # noqa: F401
   except ImportError:
     print("error: --compare-torch needs PyTorch (pip install torch==2.13.0)",
+          file=sys.stderr)
+    sys.exit(2)
+  try:
+    from experiments import torch_peer  # noqa: F401
+  except ImportError:
+    print("error: --compare-torch needs the repository's "
+          "experiments/torch_peer.py; run it from the repository root",
           file=sys.stderr)
     sys.exit(2)
 

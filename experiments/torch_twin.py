@@ -21,7 +21,7 @@ frameworks and their losses should agree to float32 rounding for many steps.
 The torch side shares none of the model code: its convolutions, grouped
 convolutions (groups=2), LRN (torch.nn.LocalResponseNorm per tower, with
 alpha * n since torch divides by n), max-pooling, dropout and loss are
-torch's own (`alexnet_jax.torch_peer`). If the JAX run stalls
+torch's own (`experiments/torch_peer.py`). If the JAX run stalls
 and the twin learns, the JAX code has a bug; if both stall, it is the recipe.
 
 Writes OUT.json (per-step losses and accuracies of both, their eval errors,
@@ -46,7 +46,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from alexnet_jax import torch_peer
+from experiments import torch_peer
 from alexnet_jax import input_pipeline
 from alexnet_jax import optim
 from alexnet_jax import train

@@ -17,6 +17,7 @@ from alexnet_jax import benchmark
 from alexnet_jax import flops as flops_lib
 from alexnet_jax import model as model_lib
 from alexnet_jax import ops
+from experiments import torch_peer
 from configs import default, smoke
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -96,7 +97,7 @@ def test_torch_peer_has_the_same_parameters_and_output_shape(override):
   import torch
   config = default.get_config()
   config.model.update(override)
-  net = benchmark.torch_alexnet(config)
+  net = torch_peer.torch_alexnet(config)
   abstract = nnx.eval_shape(
       lambda: model_lib.from_config(config.model, rngs=nnx.Rngs(0)))
   jax_params = sum(math.prod(p.shape) for p in jax.tree.leaves(
@@ -114,7 +115,7 @@ def test_torch_peer_has_the_same_parameters_and_output_shape(override):
 def test_torch_peer_lrn_matches_the_model_lrn(lrn):
   import numpy as np
   import torch
-  net = benchmark.torch_alexnet(default.get_config(), lrn)
+  net = torch_peer.torch_alexnet(default.get_config(), lrn)
   norms = [m for m in net if type(m).__name__ in ("SliceLRN", "TowerLRN")]
   assert len(norms) == 2  # After conv1 and conv2.
   x = 20 * np.random.default_rng(0).standard_normal((2, 9, 9, 96))

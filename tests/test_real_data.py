@@ -61,7 +61,7 @@ def test_train_steps_match_the_torch_twin_on_real_batches(two_classes,
   variant feeds 0-255 pixels into the paper's init (LRN, bias 1, decay on
   biases), which is where a bug would have hidden the stall.
   """
-  from alexnet_jax import torch_peer  # pylint: disable=g-import-not-at-top
+  from experiments import torch_peer  # pylint: disable=g-import-not-at-top
   overrides = dict(dropout_rate=0.0)
   if recipe != "shipped":
     overrides["init"] = "paper"
