@@ -149,3 +149,30 @@ def test_committed_benchmark_results_render_as_a_table():
   rows = [line for line in proc.stdout.splitlines() if line.startswith("| ")]
   assert len(rows) == 1 + 18  # Header, 3 models x 2 steps x 3 batches.
   assert all("x** |" in row for row in rows[1:])
+
+
+def test_gpu_table_lists_every_step_and_names_the_limit(tmp_path):
+  from experiments import gpu_table
+  steps = [{"name": "smoke", "exit": 0, "seconds": 20},
+           {"name": "bench_train_128_halfTrue", "exit": 0, "seconds": 40},
+           {"name": "bench_eval_128_halfFalse", "exit": 1, "seconds": 3},
+           {"name": "input_jpeg", "exit": 0, "seconds": 30}]
+  (tmp_path / "steps.jsonl").write_text(
+      "\n".join(json.dumps(s) for s in steps))
+  (tmp_path / "devices.txt").write_text("gpu 1 NVIDIA H200")
+  (tmp_path / "bench_train_128_halfTrue.txt").write_text(json.dumps({
+      "what": "train", "batch": 128, "half_precision": True,
+      "matmul_peak_gflops": 500e3, "rows": {"jax": {
+          "images_per_s": 4000.0, "ms_per_step": 32.0, "gflops": 100e3,
+          "pct_peak": 20.0}}}))
+  (tmp_path / "bench_eval_128_halfFalse.err").write_text(
+      "Traceback\nRuntimeError: out of memory\n")
+  (tmp_path / "input_jpeg.txt").write_text(json.dumps([{
+      "data": "configured (folder)", "batch_size": 128,
+      "pipeline_images_per_sec": 1500.0}]))
+  text = gpu_table.table(tmp_path)
+  assert "| bench_eval_128_halfFalse | 1 | 3 | RuntimeError: out of memory |" \
+      in text
+  assert "| train | 128 | bfloat16 | 1 device | 4000 | 32.00 | 100.00 | 20% " \
+      "| 500.0 |" in text
+  assert "| configured (folder) | 128 | 1500 | 4000 | input pipeline |" in text

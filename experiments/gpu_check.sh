@@ -1,0 +1,100 @@
+#!/usr/bin/env bash
+# The GPU check: one command, a few minutes on one GPU (budgeted under 8),
+# that writes raw output under OUT and prints one table
+# (experiments/gpu_table.py):
+#   - the smoke config end to end (wall time, exit code);
+#   - train and eval images/s of the paper model at batch 128 and 256, in
+#     float32 and bfloat16, with MFU against a matmul in the same dtype
+#     measured in the same run;
+#   - the input pipeline's images/s on real JPEGs (the shared CIFAR-10
+#     archive, upscaled to 224 as the default config does) next to the train
+#     step's: which one limits;
+#   - with 2+ GPUs: the two-tower split (mesh.model=2) against data
+#     parallelism (mesh.data=2), and --mode=comm on the model=2 mesh.
+#
+#   bash experiments/gpu_check.sh                # OUT=experiments/results/gpu
+#   GPU_CHECK_TINY=1 bash experiments/gpu_check.sh   # plumbing only, any CPU
+#
+# Run from anywhere; it runs from the repository root. PYTHON picks the
+# interpreter (default: python).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-experiments/results/gpu}
+PY=${PYTHON:-python}
+mkdir -p "$OUT"
+SCRATCH=$(mktemp -d)
+trap 'rm -rf "$SCRATCH"' EXIT
+
+if [[ -n "${GPU_CHECK_TINY:-}" ]]; then
+  # The smoke model at batch 8: checks the script, not the GPU.
+  MODEL=(--config=configs/smoke.py)
+  BATCHES=(8)
+  BENCH=(--windows=1 --warmup=1 --steps=1 --peak_size=256)
+else
+  MODEL=()
+  BATCHES=(128 256)
+  BENCH=(--windows=5)
+fi
+
+{ date -u; uname -a; nvidia-smi 2>&1 || echo "nvidia-smi: not found"; } \
+  > "$OUT/machine.txt"
+"$PY" -c 'import jax; print(jax.default_backend(), len(jax.devices()),
+jax.devices()[0].device_kind)' > "$OUT/devices.txt" 2>"$SCRATCH/err" || {
+  echo "error: jax does not start: $(tail -1 "$SCRATCH/err")" >&2; exit 1; }
+read -r BACKEND NDEV KIND < "$OUT/devices.txt"
+echo "backend $BACKEND, $NDEV device(s), $KIND"
+if [[ "$BACKEND" != "gpu" && -z "${GPU_CHECK_TINY:-}" ]]; then
+  echo "error: no GPU (jax backend: $BACKEND); GPU_CHECK_TINY=1 checks the" \
+       "script on a CPU" >&2
+  exit 1
+fi
+
+step() {  # step NAME COMMAND...: runs it, output to OUT/NAME.txt.
+  local name=$1; shift
+  local t0=$SECONDS
+  "$@" > "$OUT/$name.txt" 2>"$OUT/$name.err"
+  local code=$?
+  echo "{\"name\": \"$name\", \"exit\": $code, \"seconds\": $((SECONDS - t0))}" \
+    >> "$OUT/steps.jsonl"
+  printf '%-32s exit %d, %d s\n' "$name" "$code" "$((SECONDS - t0))"
+}
+: > "$OUT/steps.jsonl"
+
+step smoke "$PY" -m alexnet_jax.main --config=configs/smoke.py \
+  --workdir="$SCRATCH/smoke"
+for what in train eval; do
+  for batch in "${BATCHES[@]}"; do
+    for half in False True; do
+      step "bench_${what}_${batch}_half${half}" "$PY" -m alexnet_jax.benchmark \
+        "${MODEL[@]}" --what=$what --batch=$batch \
+        --config.half_precision=$half "${BENCH[@]}" --json
+    done
+  done
+done
+
+ARCHIVE=../shared/data/cifar10-jpg.tar.gz
+if [[ -f "$ARCHIVE" ]]; then
+  tar xzf "$ARCHIVE" -C "$SCRATCH"
+  # The default config's input: JPEGs resized to 256, 224 crops, batch 128.
+  step input_jpeg "$PY" -m alexnet_jax.benchmark --what=input \
+    "${MODEL[@]}" --config.data.source=folder \
+    --config.data.path="$SCRATCH/cifar10" --config.data.eval_split=test \
+    --config.model.num_classes=10 --batch="${BATCHES[0]}" --json
+else
+  echo "input_jpeg: skipped ($ARCHIVE not found)"
+fi
+
+if (( NDEV >= 2 )); then
+  # Two devices each: the paper's split, then the same two as data parallel.
+  for mesh in "model=2 data=1" "model=1 data=2"; do
+    read -r m d <<< "$mesh"
+    step "bench_train_${BATCHES[0]}_mesh_${m/=/}_${d/=/}" "$PY" -m \
+      alexnet_jax.benchmark "${MODEL[@]}" --what=train \
+      --batch="${BATCHES[0]}" --config.mesh.$m --config.mesh.$d \
+      "${BENCH[@]}" --json
+  done
+  step comm_model2 "$PY" -m alexnet_jax.main "${MODEL[@]}" --mode=comm \
+    --config.mesh.model=2 --workdir="$SCRATCH/comm"
+fi
+
+"$PY" experiments/gpu_table.py "$OUT" | tee "$OUT/table.md"
