@@ -7,7 +7,8 @@ vs non-overlapping pooling, several seeds per cell.
 Every cell x seed is an ordinary run of `python -m alexnet_jax.main` with
 this config and the cell's overrides (the runner prints each command).
 The base is configs/cifar10.py, shortened to a CPU-sized run: width 0.25
-and 10 epochs (about 12 minutes a run on the 2-core development CPU).
+and 10 epochs (10 to 16 minutes a run on the 2-core development CPU, 12
+runs: about 2.5 hours; experiments/results/cifar10_ablation/ holds them).
 
 Options add the paper's other ablations as one more axis each (`sweep.axes`
 can also be given whole on the command line):

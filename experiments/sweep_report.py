@@ -4,11 +4,12 @@
 
 Reads RESULTS/runs/*.json (written by experiments/ablation.py) and writes
 RESULTS/results.json, results.md, curves.png (test top-1 error per epoch,
-mean and band of +-1 std over seeds, per cell) and bars.png (final test
-error per cell with std error bars). For every axis it compares each value
-with the axis's reference (first) value: the difference of the final test
-top-1 error (points), its standard error, Welch's t-test, and whether the
-difference exceeds the seed-to-seed spread, in words.
+mean and band of +-1 std over seeds, per cell), train_curves.png (training
+error per epoch, the axis of the paper's Figure 1, with the 25% line) and
+bars.png (final test error per cell with std error bars). For every axis it
+compares each value with the axis's reference (first) value: the difference
+of the final test top-1 error (points), its standard error, Welch's t-test,
+and whether the difference exceeds the seed-to-seed spread, in words.
 """
 
 from __future__ import annotations
@@ -87,6 +88,10 @@ def build(results: str) -> dict:
     n_epochs = min(len(r["epochs"]) for r in rs)
     curve = [mean_std([100 * r["epochs"][i]["test_top1_error"] for r in rs])
              for i in range(n_epochs)]
+    train_curve = [
+        mean_std([100 * (1 - r["epochs"][i]["train_accuracy"]) for r in rs])
+        if all(r["epochs"][i]["train_accuracy"] is not None for r in rs)
+        else None for i in range(n_epochs)]
     best = min(range(n_epochs), key=lambda i: curve[i][0]) if n_epochs else 0
     to25 = [epochs_to(r["epochs"], 0.25) for r in rs]
     cells.append({
@@ -95,7 +100,7 @@ def build(results: str) -> dict:
         "top5_mean": mean_std(top5)[0],
         "best_epoch": rs[0]["epochs"][best]["epoch"] if n_epochs else None,
         "curve_epochs": [rs[0]["epochs"][i]["epoch"] for i in range(n_epochs)],
-        "curve": curve,
+        "curve": curve, "train_curve": train_curve,
         "epochs_to_25pct_train_error": to25,
         "wall_seconds": statistics.fmean(r["wall_seconds"] for r in rs),
         "images_per_sec": statistics.fmean(r["images_per_sec_median"]
@@ -196,25 +201,36 @@ def to_markdown(report: dict) -> str:
   return "\n".join(lines) + "\n"
 
 
+def _curves(plt, report, key, ylabel, path, hline=None) -> None:
+  """One line per cell (mean over seeds) with a +-1 std band."""
+  fig, ax = plt.subplots(figsize=(7, 4.5))
+  for i, c in enumerate(report["cells"]):
+    pts = [(x, v) for x, v in zip(c["curve_epochs"], c[key]) if v is not None]
+    x = [p[0] for p in pts]
+    m = [p[1][0] for p in pts]
+    s = [p[1][1] for p in pts]
+    ax.plot(x, m, "-", color=f"C{i}", label=f"{c['name']} (n={len(c['seeds'])})")
+    ax.fill_between(x, [a - b for a, b in zip(m, s)],
+                    [a + b for a, b in zip(m, s)], color=f"C{i}", alpha=0.2)
+  if hline is not None:
+    ax.axhline(hline, color="gray", linestyle="--", linewidth=1)
+  ax.set_xlabel("epoch")
+  ax.set_ylabel(ylabel)
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=8)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
 def plot(report: dict, results: str) -> None:
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-  fig, ax = plt.subplots(figsize=(7, 4.5))
-  for i, c in enumerate(report["cells"]):
-    x = c["curve_epochs"]
-    m = [v[0] for v in c["curve"]]
-    s = [v[1] for v in c["curve"]]
-    ax.plot(x, m, "-", color=f"C{i}", label=f"{c['name']} (n={len(c['seeds'])})")
-    ax.fill_between(x, [a - b for a, b in zip(m, s)],
-                    [a + b for a, b in zip(m, s)], color=f"C{i}", alpha=0.2)
-  ax.set_xlabel("epoch")
-  ax.set_ylabel("test top-1 error (%)")
-  ax.grid(alpha=0.3)
-  ax.legend(fontsize=8)
-  fig.tight_layout()
-  fig.savefig(os.path.join(results, "curves.png"), dpi=110)
-  plt.close(fig)
+  _curves(plt, report, "curve", "test top-1 error (%)",
+          os.path.join(results, "curves.png"))
+  _curves(plt, report, "train_curve", "training error (%), mean over the epoch",
+          os.path.join(results, "train_curves.png"), hline=25.0)
 
   fig, ax = plt.subplots(figsize=(7, 4))
   names = [c["name"] for c in report["cells"]]

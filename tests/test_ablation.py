@@ -69,7 +69,8 @@ def test_a_2x2_sweep_runs_reports_and_skips_what_is_done(tmp_path):
   runs = sorted(os.listdir(results / "runs"))
   assert len(runs) == 8  # 2 x 2 cells x 2 seeds.
   assert "norm-lrn_pool-overlap__seed0.json" in runs
-  for name in ("results.md", "results.json", "curves.png", "bars.png"):
+  for name in ("results.md", "results.json", "curves.png", "train_curves.png",
+               "bars.png"):
     assert (results / name).stat().st_size > 0
   assert "epoch 2.00/2" in proc.stdout and "sweep ETA" in proc.stdout
   record = json.loads((results / "runs" / runs[0]).read_text())
