@@ -13,18 +13,23 @@ from ml_collections import config_flags
 
 from alexnet_jax import comm
 from alexnet_jax import input_pipeline
+from alexnet_jax import predict
 from alexnet_jax import sharding
 from alexnet_jax import train
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Directory for metrics and checkpoints.")
-flags.DEFINE_enum("mode", "train", ["train", "eval", "comm"],
+flags.DEFINE_enum("mode", "train", ["train", "eval", "predict", "comm"],
                   "train (resumes from the workdir's checkpoints) | eval (the "
-                  "latest checkpoint, or the best with --best) | comm "
-                  "(collectives and memory per device of the compiled steps).")
-flags.DEFINE_bool("json", False, "--mode=comm: print JSON, not tables.")
-flags.DEFINE_bool("best", False, "--mode=eval: the best checkpoint by eval "
-                  "error instead of the latest.")
+                  "latest checkpoint, or the best with --best) | predict "
+                  "(top-5 classes of --images) | comm (collectives and memory "
+                  "per device of the compiled steps).")
+flags.DEFINE_list("images", None, "--mode=predict: image files, "
+                  "comma-separated.")
+flags.DEFINE_bool("json", False, "--mode=comm or predict: print JSON, not "
+                  "tables.")
+flags.DEFINE_bool("best", False, "--mode=eval or predict: the best "
+                  "checkpoint by eval error instead of the latest.")
 config_flags.DEFINE_config_file(
     "config", None, "A config file (configs/*.py), optionally ':option'.",
     lock_config=True)
@@ -58,6 +63,11 @@ def main(argv):
         print(text)
     elif FLAGS.mode == "eval":
       train.evaluate_checkpoint(config, FLAGS.workdir, best=FLAGS.best)
+    elif FLAGS.mode == "predict":
+      results = predict.predict(config, FLAGS.workdir, FLAGS.images or [],
+                                best=FLAGS.best)
+      if jax.process_index() == 0:
+        print(predict.format_results(results, as_json=FLAGS.json), flush=True)
     else:
       train.train_and_evaluate(config, FLAGS.workdir)
   except USER_ERRORS as e:

@@ -70,6 +70,7 @@ class Run:
   eval_step: Any
   image_size: int
   num_params: int
+  eval_graph: Any = None  # The model's eval-mode graph (predict's forward).
 
 
 def setup(config: ml_collections.ConfigDict) -> Run:
@@ -86,7 +87,7 @@ def setup(config: ml_collections.ConfigDict) -> Run:
                                sharding.state_shardings(opt_state, mesh))
   train_step, eval_step = steps.make_steps(model_graph, opt_graph, eval_graph)
   return Run(config, mesh, model_state, opt_state, train_step, eval_step,
-             model.image_size, model_lib.count_params(model))
+             model.image_size, model_lib.count_params(model), eval_graph)
 
 
 # ---------------------------------------------------------------- loops
@@ -179,6 +180,9 @@ class _Loop:
         **data_slice(run))
     self.steps_per_epoch, self.num_steps = steps_for(config,
                                                      info.num_examples)
+    # Saved with every checkpoint, so that predict needs no data set.
+    self.class_names = list(info.class_names) or [
+        f"class {i}" for i in range(config.model.num_classes)]
     self.lr = optim.LearningRate(config.optim, self.steps_per_epoch,
                                  self.num_steps)
     self.lr.plateau = meta.get("plateau", self.lr.plateau)
@@ -281,7 +285,8 @@ class _Loop:
     meta = {"step": step, "plateau": self.lr.plateau,
             "best_eval_top1_error": self.best,
             "eval_pending": self.eval_pending,
-            "model_config": self.config.model.to_dict()}
+            "model_config": self.config.model.to_dict(),
+            "class_names": self.class_names}
     self.ckpts.save(step, checkpoint_lib.run_state(self.run), meta,
                     best_metrics={"eval_top1_error": self.best} if best
                     else None)
