@@ -1,4 +1,6 @@
-"""--mode=predict on a checkpoint trained on a tiny learnable image folder."""
+"""Using a trained AlexNet: --mode=predict and the paper's Figures 3 and 4
+(experiments/figures.py), on a checkpoint trained on a tiny learnable image
+folder (three colours)."""
 
 import json
 import os
@@ -12,6 +14,7 @@ import tensorflow as tf
 from alexnet_jax import predict
 from alexnet_jax import train
 from configs import smoke
+from experiments import figures
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COLOURS = {"blue": (20, 40, 220), "green": (30, 200, 40), "red": (210, 30, 30)}
@@ -116,3 +119,74 @@ def test_bad_images_end_with_one_error_line(trained, case):
 def test_predict_without_a_checkpoint_is_a_config_error(tmp_path):
   with pytest.raises(predict.ConfigError, match="no checkpoints"):
     predict.predict(smoke.get_config(), str(tmp_path), ["x.png"])
+
+
+# ---------------------------------------------------------------- figures
+
+
+def decode_png(path):
+  return tf.io.decode_png(path.read_bytes()).numpy()
+
+
+def test_filters_png_holds_each_tower_block_and_kernel(trained, tmp_path):
+  root, config = trained
+  out = tmp_path / "filters.png"
+  figures.filters(config, str(root / "work"), str(out))
+  image = decode_png(out)
+  # smoke: 5x5 conv1, 12 kernels, two towers of 6 -> one row of 6 per block.
+  k, per, s, pad = 5, 6, figures.filter_scale(5), figures.PAD
+  cell = k * s + pad
+  block = per * cell + pad
+  assert image.shape == (cell + pad, 2 * block + 4 * pad, 3)
+  run, _ = figures.restore(config, str(root / "work"))
+  kernel = np.asarray(
+      figures.nnx.to_pure_dict(run.model_state)["conv1"]["kernel"])
+  for ch, x0 in ((0, pad), (per, block + 4 * pad + pad)):  # Each tower's first.
+    w = kernel[..., ch]
+    want = np.round(255 * (w - w.min()) / (w.max() - w.min()))
+    got = image[pad:pad + k * s:s, x0:x0 + k * s:s]
+    np.testing.assert_array_equal(got, want.astype(np.uint8))
+
+
+def test_nearest_equals_a_brute_force_search():
+  rng = np.random.default_rng(0)
+  train_f, query_f = rng.normal(size=(50, 16)), rng.normal(size=(4, 16))
+  dist, idx = figures.nearest(train_f, query_f, 5, chunk=7)  # 8 chunks.
+  full = np.linalg.norm(query_f[:, None] - train_f[None], axis=2)
+  np.testing.assert_array_equal(idx, np.argsort(full, axis=1)[:, :5])
+  np.testing.assert_allclose(dist, np.sort(full, axis=1)[:, :5], rtol=1e-4)
+
+
+def test_neighbours_png_and_json_from_fc7_features(trained, tmp_path):
+  root, config = trained
+  out = tmp_path / "neighbours.png"
+  result = figures.neighbours(config, str(root / "work"), str(out),
+                              split="val", queries=3, k=4)
+  run, _ = figures.restore(config, str(root / "work"))
+  train_f, _, train_y = figures.split_features(run, "train")
+  query_f, _, query_y = figures.split_features(run, "val", 3)
+  assert train_f.shape == (72, 512) and query_f.shape == (3, 512)  # fc7.
+  full = np.linalg.norm(query_f[:, None] - train_f[None], axis=2)
+  for q, entry in enumerate(result["queries"]):
+    got = [n["index"] for n in entry["neighbours"]]
+    assert got == list(np.argsort(full[q])[:4])
+    # Learnt colours: the nearest training images share the query's class.
+    assert {n["label"] for n in entry["neighbours"]} == {entry["label"]}
+  assert json.loads(out.with_suffix(".json").read_text()) == result
+  scale, pad = 3, figures.PAD  # 32-pixel images shown 96 wide.
+  cell = 32 * scale + pad
+  assert decode_png(out).shape == (3 * cell + pad, 5 * cell + 3 * pad, 3)
+
+
+def test_figures_command_reads_the_workdir_config(trained, tmp_path):
+  root, config = trained
+  out, same = tmp_path / "f.png", tmp_path / "same.png"
+  figures.filters(config, str(root / "work"), str(same))
+  proc = subprocess.run(
+      [sys.executable, "-m", "experiments.figures", "filters",
+       f"--workdir={root / 'work'}", f"--out={out}"], cwd=ROOT,
+      env=dict(os.environ, JAX_PLATFORMS="cpu"), capture_output=True,
+      text=True, check=False)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert proc.stdout.strip() == f"wrote {out}"
+  np.testing.assert_array_equal(decode_png(out), decode_png(same))

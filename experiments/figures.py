@@ -1,0 +1,273 @@
+"""The paper's Figures 3 and 4 from a trained workdir.
+
+  python -m experiments.figures filters --workdir=DIR [--out=F.png]
+  python -m experiments.figures neighbours --workdir=DIR --split=test \
+      [--queries=8] [--k=6] [--max_train=N] [--out=F.png]
+
+filters (Figure 3): conv1's kernels as an image grid, one block per tower,
+the towers side by side (the paper saw colour-agnostic kernels on one GPU
+and colour-specific ones on the other). Each kernel is stretched to the
+full 0-255 range on its own, then enlarged by a whole factor.
+
+neighbours (Figure 4): for the first --queries images of --split, the --k
+training images nearest by Euclidean distance between fc7 features (the
+4096-d output of fc7's ReLU, eval mode), as a PNG grid (query, then its
+neighbours nearest first, one row per query) and OUT.json with the
+indices (in the order the training split is evaluated), labels and
+distances. Images are the config's center crops, shown with the mean and
+std put back.
+
+Both read the workdir's config.json (written by training) unless --config is
+given, and the latest checkpoint (--best: the best).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+
+from absl import app
+from absl import flags
+from ml_collections import config_flags
+import ml_collections
+
+import alexnet_jax  # noqa: F401  (sets the XLA:CPU flags before jax starts)
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from alexnet_jax import checkpoint as checkpoint_lib
+from alexnet_jax import input_pipeline
+from alexnet_jax import layers
+from alexnet_jax import train
+from alexnet_jax.sources import lazy_tf
+
+FLAGS = flags.FLAGS
+CELL = 44  # Target side, in pixels, of one kernel in the filters grid.
+PAD = 2
+
+
+# ---------------------------------------------------------------- loading
+
+
+def load_config(workdir: str, config=None) -> ml_collections.ConfigDict:
+  """config, or the one the workdir trained with (its config.json)."""
+  if config is not None:
+    return config
+  path = os.path.join(workdir, "config.json")
+  if not os.path.isfile(path):
+    raise train.ConfigError(f"no config.json in {workdir}: give --config, or "
+                            f"a workdir that training wrote")
+  with open(path) as f:
+    return ml_collections.ConfigDict(json.load(f))
+
+
+def restore(config, workdir: str, best: bool = False):
+  """A train.Run with the workdir's latest (or best) checkpoint loaded."""
+  run = train.setup(config)
+  ckpts = checkpoint_lib.Checkpoints(
+      workdir, max_to_keep=config.max_checkpoints_to_keep)
+  try:
+    meta = checkpoint_lib.restore_latest(run, ckpts, best=best)
+  finally:
+    ckpts.close()
+  if meta is None:
+    raise train.ConfigError(f"no checkpoint in {workdir}; train first")
+  return run, meta
+
+
+def write_png(path: str, image: np.ndarray) -> None:
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  with open(path, "wb") as f:
+    f.write(lazy_tf().io.encode_png(image).numpy())
+
+
+# ---------------------------------------------------------------- Figure 3
+
+
+def filter_scale(kernel_size: int) -> int:
+  return max(1, round(CELL / kernel_size))
+
+
+def filters_grid(kernel: np.ndarray, towers: int, cols: int = 8) -> np.ndarray:
+  """uint8 (H, W, 3): conv1's (k, k, 3, C) kernels, a block per tower.
+
+  Block t holds output channels [t C/towers, (t+1) C/towers) in rows of
+  `cols`; blocks are separated by 4 PAD of white.
+  """
+  k, _, _, c = kernel.shape
+  s = filter_scale(k)
+  per = c // towers
+  cols = min(cols, per)
+  rows = math.ceil(per / cols)
+  cell = k * s + PAD
+  block_w = cols * cell + PAD
+  height = rows * cell + PAD
+  width = towers * block_w + (towers - 1) * 4 * PAD
+  out = np.full((height, width, 3), 255, np.uint8)
+  for ch in range(c):
+    t, i = divmod(ch, per)
+    r, q = divmod(i, cols)
+    w = kernel[..., ch]
+    lo, hi = w.min(), w.max()
+    w = (w - lo) / (hi - lo) if hi > lo else np.zeros_like(w)
+    big = np.kron(np.round(255 * w), np.ones((s, s, 1))).astype(np.uint8)
+    y = PAD + r * cell
+    x = t * (block_w + 4 * PAD) + PAD + q * cell
+    out[y:y + k * s, x:x + k * s] = big
+  return out
+
+
+def filters(config, workdir: str, out: str, best: bool = False) -> str:
+  run, _ = restore(config, workdir, best)
+  state = nnx.to_pure_dict(run.model_state)
+  kernel = np.asarray(state[layers.LAYERS[0].name]["kernel"], np.float32)
+  towers = layers.resolve_config(config.model).towers
+  write_png(out, filters_grid(kernel, towers))
+  return out
+
+
+# ---------------------------------------------------------------- Figure 4
+
+
+def nearest(train_features: jax.Array, query_features: jax.Array, k: int,
+            chunk: int = 8192):
+  """(distances, indices), each (queries, k), nearest first: the Euclidean
+  distance from each query to every training feature, in chunks."""
+  q = jnp.asarray(query_features, jnp.float32)
+  q2 = jnp.sum(q * q, axis=1, keepdims=True)
+  best_d = jnp.full((q.shape[0], 0), jnp.inf)
+  best_i = jnp.zeros((q.shape[0], 0), jnp.int32)
+  for start in range(0, train_features.shape[0], chunk):
+    t = jnp.asarray(train_features[start:start + chunk], jnp.float32)
+    d2 = q2 - 2 * q @ t.T + jnp.sum(t * t, axis=1)[None]
+    d = jnp.concatenate([best_d, jnp.sqrt(jnp.maximum(d2, 0))], axis=1)
+    i = jnp.concatenate(
+        [best_i, jnp.broadcast_to(jnp.arange(start, start + t.shape[0],
+                                             dtype=jnp.int32), d2.shape)], 1)
+    neg, pos = jax.lax.top_k(-d, min(k, d.shape[1]))
+    best_d, best_i = -neg, jnp.take_along_axis(i, pos, axis=1)
+  return np.asarray(best_d), np.asarray(best_i)
+
+
+def split_features(run, split: str, limit: int = 0):
+  """(fc7 features, images, labels) of a split's center crops, in its
+  evaluation order; `limit` > 0 stops after that many."""
+  config = run.config.copy_and_resolve_references()
+  with config.unlocked():
+    config.data.eval_split, config.data.eval_crops = split, 1
+  graph = run.eval_graph
+
+  @jax.jit
+  def fc7(state, x):
+    _, acts = nnx.merge(graph, state)(x, return_activations=True)
+    return acts["fc7"].astype(jnp.float32)
+
+  _, batches = input_pipeline.eval_iterator(config,
+                                            image_size=run.image_size)
+  feats, images, labels = [], [], []
+  with jax.set_mesh(run.mesh):
+    for batch in batches:
+      keep = np.asarray(batch["mask"], bool)
+      f = np.asarray(fc7(run.model_state, batch["image"]))
+      feats.append(f[keep])
+      images.append(np.asarray(batch["image"])[keep])
+      labels.append(np.asarray(batch["label"])[keep])
+      if limit and sum(len(x) for x in labels) >= limit:
+        break
+  cut = slice(0, limit or None)
+  return (np.concatenate(feats)[cut], np.concatenate(images)[cut],
+          np.concatenate(labels)[cut])
+
+
+def displayable(config, images: np.ndarray) -> np.ndarray:
+  """uint8 pixels from preprocessed images (std and mean put back)."""
+  d = config.data
+  x = images * (np.array(d.std) if len(d.std) else 1.0)
+  x = x + (np.array(d.mean) if len(d.mean) else 0.0)
+  return np.clip(np.round(x), 0, 255).astype(np.uint8)
+
+
+def neighbours_grid(rows: list[list[np.ndarray]], scale: int) -> np.ndarray:
+  """uint8 grid: one row per query (query, gap, neighbours), each image
+  enlarged `scale` times, PAD white between images."""
+  size = rows[0][0].shape[0] * scale
+  n = len(rows[0])
+  cell = size + PAD
+  out = np.full((len(rows) * cell + PAD, n * cell + 3 * PAD, 3), 255,
+                np.uint8)
+  for r, row in enumerate(rows):
+    for c, image in enumerate(row):
+      x = PAD + c * cell + (3 * PAD if c else 0)  # A gap after the query.
+      big = np.kron(image, np.ones((scale, scale, 1), np.uint8))
+      out[PAD + r * cell:PAD + r * cell + size, x:x + size] = big
+  return out
+
+
+def neighbours(config, workdir: str, out: str, *, split: str, queries: int,
+               k: int, max_train: int = 0, best: bool = False) -> dict:
+  run, meta = restore(config, workdir, best)
+  names = meta.get("class_names") or []
+  train_f, train_x, train_y = split_features(run, config.data.train_split,
+                                             max_train)
+  query_f, query_x, query_y = split_features(run, split, queries)
+  dist, idx = nearest(train_f, query_f, k)
+  label = lambda y: names[y] if y < len(names) else str(int(y))
+  result = {"split": split, "train_split": config.data.train_split,
+            "train_examples": int(len(train_f)), "k": k, "queries": []}
+  rows = []
+  shown_q, shown_t = displayable(config, query_x), displayable(config, train_x)
+  for q in range(len(query_f)):
+    result["queries"].append({
+        "index": q, "label": label(query_y[q]),
+        "neighbours": [{"index": int(i), "label": label(train_y[i]),
+                        "distance": float(d)}
+                       for i, d in zip(idx[q], dist[q])]})
+    rows.append([shown_q[q]] + [shown_t[i] for i in idx[q]])
+  write_png(out, neighbours_grid(rows, max(1, 96 // run.image_size)))
+  with open(os.path.splitext(out)[0] + ".json", "w") as f:
+    json.dump(result, f, indent=1)
+  return result
+
+
+# ---------------------------------------------------------------- main
+
+
+def main(argv):
+  if len(argv) != 2 or argv[1] not in ("filters", "neighbours"):
+    print("error: give one command, filters or neighbours", file=sys.stderr)
+    return 2
+  command, workdir = argv[1], FLAGS.workdir
+  try:
+    config = load_config(workdir, FLAGS.config)
+    out = FLAGS.out or os.path.join(workdir, "figures", f"{command}.png")
+    if command == "filters":
+      filters(config, workdir, out, FLAGS.best)
+    else:
+      neighbours(config, workdir, out, split=FLAGS.split,
+                 queries=FLAGS.queries, k=FLAGS.k,
+                 max_train=FLAGS.max_train, best=FLAGS.best)
+  except (train.ConfigError, input_pipeline.DataError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  print(f"wrote {out}")
+  return 0
+
+
+if __name__ == "__main__":
+  flags.DEFINE_string("workdir", None, "A trained workdir.")
+  flags.DEFINE_string("out", None, "The PNG (default WORKDIR/figures/"
+                      "COMMAND.png; neighbours also writes its .json).")
+  flags.DEFINE_bool("best", False, "The best checkpoint, not the latest.")
+  flags.DEFINE_string("split", "test", "neighbours: the queries' split.")
+  flags.DEFINE_integer("queries", 8, "neighbours: how many query images.")
+  flags.DEFINE_integer("k", 6, "neighbours: neighbours per query.")
+  flags.DEFINE_integer("max_train", 0, "neighbours: search only the first N "
+                       "training images (0: all).")
+  config_flags.DEFINE_config_file("config", None, "A config file (default: "
+                                  "the workdir's config.json).")
+  flags.mark_flags_as_required(["workdir"])
+  app.run(main)
