@@ -124,7 +124,7 @@ def evaluate(run: Run, stop: progress.StopRequest | None = None
   return metrics
 
 
-def _write_config(config, workdir):
+def write_config(config, workdir):
   if jax.process_index() == 0:
     with open(os.path.join(workdir, "config.json"), "w") as f:
       f.write(config.to_json_best_effort(indent=2))
@@ -200,7 +200,7 @@ class _Loop:
     config, run, start = self.config, self.run, self.start
     if start:
       self.log.info(f"resuming from the checkpoint at step {start}")
-    _write_config(config, self.workdir)
+    write_config(config, self.workdir)
     with jax.set_mesh(run.mesh), progress.StopRequest() as stop:
       if self.eval_pending:
         improved = self._evaluate(start, stop)

@@ -1,0 +1,140 @@
+"""torchvision weight import against torch itself: a torchvision-layout
+network in plain torch.nn with random weights, converted, predicts what
+torch computes on the same images."""
+
+import importlib.util
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from alexnet_jax import convert
+from alexnet_jax import predict
+from configs import torchvision as torchvision_config
+
+HAS_TORCH = importlib.util.find_spec("torch") is not None
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+NUM_CLASSES = 10
+pytestmark = pytest.mark.skipif(not HAS_TORCH, reason="torch is not installed")
+
+
+def torchvision_alexnet(num_classes):
+  """torchvision.models.alexnet's modules, names and order, in torch.nn."""
+  from torch import nn
+
+  class AlexNet(nn.Module):
+
+    def __init__(self):
+      super().__init__()
+      self.features = nn.Sequential(
+          nn.Conv2d(3, 64, 11, 4, 2), nn.ReLU(inplace=True),
+          nn.MaxPool2d(3, 2),
+          nn.Conv2d(64, 192, 5, padding=2), nn.ReLU(inplace=True),
+          nn.MaxPool2d(3, 2),
+          nn.Conv2d(192, 384, 3, padding=1), nn.ReLU(inplace=True),
+          nn.Conv2d(384, 256, 3, padding=1), nn.ReLU(inplace=True),
+          nn.Conv2d(256, 256, 3, padding=1), nn.ReLU(inplace=True),
+          nn.MaxPool2d(3, 2))
+      self.avgpool = nn.AdaptiveAvgPool2d((6, 6))
+      self.classifier = nn.Sequential(
+          nn.Dropout(0.5), nn.Linear(256 * 6 * 6, 4096), nn.ReLU(inplace=True),
+          nn.Dropout(0.5), nn.Linear(4096, 4096), nn.ReLU(inplace=True),
+          nn.Linear(4096, num_classes))
+
+    def forward(self, x):
+      x = self.avgpool(self.features(x))
+      return self.classifier(x.flatten(1))
+
+  return AlexNet()
+
+
+def config():
+  c = torchvision_config.get_config()
+  c.model.num_classes = NUM_CLASSES
+  c.batch_size = 8
+  return c
+
+
+def photo(path, h, w, seed):
+  rng = np.random.default_rng(seed)
+  small = rng.integers(0, 256, (h // 16, w // 16, 3)).astype(np.float32)
+  image = tf.image.resize(small[None], (h, w), method="bicubic")[0]
+  path.write_bytes(tf.io.encode_png(
+      tf.cast(tf.clip_by_value(image, 0, 255), tf.uint8)).numpy())
+
+
+@pytest.fixture(scope="module")
+def converted(tmp_path_factory):
+  import torch
+  root = tmp_path_factory.mktemp("tv")
+  torch.manual_seed(0)
+  net = torchvision_alexnet(NUM_CLASSES).eval()
+  with torch.no_grad():  # He init and random biases: logits that differ.
+    for m in net.modules():
+      if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)):
+        m.weight.normal_(0.0, (2.0 / m.weight[0].numel()) ** 0.5)
+        m.bias.normal_(0.0, 0.1)
+    net.classifier[6].weight.mul_(3.0)
+  torch.save(net.state_dict(), root / "alexnet.pth")
+  convert.convert(config(), convert.load_state_dict(
+      str(root / "alexnet.pth")), str(root / "work"))
+  return root, net
+
+
+def test_imported_weights_predict_what_torch_computes(converted):
+  import torch
+  root, net = converted
+  paths = []
+  for i, (h, w) in enumerate([(300, 260), (240, 400), (256, 256)]):
+    paths.append(str(root / f"photo{i}.png"))
+    photo(root / f"photo{i}.png", h, w, i)
+  results = predict.predict(config(), str(root / "work"), paths)
+  images = predict.load_images(config(), paths, 224)  # What predict fed in.
+  with torch.no_grad():
+    want = torch.softmax(net(torch.from_numpy(
+        images.transpose(0, 3, 1, 2).copy())), dim=1).numpy()
+  for r, p in zip(results, want):
+    top = np.argsort(-p)[:5]
+    assert [t["index"] for t in r["top5"]] == list(top)
+    np.testing.assert_allclose([t["prob"] for t in r["top5"]], p[top],
+                               atol=1e-4)
+  assert max(want.max(axis=1)) > 0.5  # Probabilities that tell classes apart.
+
+
+def test_the_checkpoint_carries_imagenet_names_and_the_config(converted):
+  root, _ = converted
+  assert (root / "work" / "config.json").is_file()
+  names = convert.imagenet_names(1000)
+  assert len(names) == 1000 and names[0] == "n01440764"
+  assert convert.imagenet_names(NUM_CLASSES)[3] == "class 3"
+
+
+def test_a_state_dict_of_another_network_is_named():
+  sd = {"features.0.weight": np.zeros((64, 3, 11, 11))}
+  with pytest.raises(convert.ConfigError, match="no features.0.bias"):
+    convert.from_torchvision(sd, None)
+
+
+def test_a_workdir_with_checkpoints_is_left_alone(tmp_path):
+  (tmp_path / "checkpoints").mkdir()
+  with pytest.raises(convert.ConfigError, match="already holds checkpoints"):
+    convert.convert(config(), {}, str(tmp_path))
+
+
+def test_convert_errors_are_one_line(tmp_path):
+  (tmp_path / "junk.pth").write_text("not a torch file")
+  for args in ([f"--torchvision={tmp_path / 'junk.pth'}",
+                f"--workdir={tmp_path / 'w'}"],
+               [f"--torchvision={tmp_path / 'missing.pth'}",
+                f"--workdir={tmp_path / 'w'}"]):
+    proc = subprocess.run([sys.executable, "-m", "alexnet_jax.convert", *args],
+                          cwd=ROOT, capture_output=True, text=True,
+                          check=False, env=dict(os.environ,
+                                                JAX_PLATFORMS="cpu"))
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: --torchvision"), (
+        lines)
