@@ -6,9 +6,12 @@
 Reads a torchvision `alexnet` state_dict that the user supplies (nothing is
 downloaded; torch is needed for this command only) and writes step 0 of
 DIR/checkpoints, with the workdir's config.json, so that `--mode=eval` and
-`--mode=predict` with configs/torchvision.py use it (and `--mode=train`
-continues from it). Class names: the 1000 ImageNet synset ids that TFDS
-ships (in torchvision's class order, which is the same sorted order).
+`--mode=predict` with configs/torchvision.py use it. (`--mode=train` in
+that workdir would train on from step 0 with the config's own schedule; it
+is not a fine-tuning recipe.) Class names: the 1000 ImageNet synset ids
+that TFDS ships, in sorted order, which is torchvision's class order.
+Dropout sits after fc6/fc7 here, before them in torchvision: the same
+network at evaluation.
 
 Layouts: torch convolutions are OIHW, ours HWIO; torch flattens pool5 as
 (C, H, W) before fc6, we flatten NHWC as (H, W, C), so fc6's rows are
@@ -29,6 +32,7 @@ from flax import nnx
 
 from alexnet_jax import checkpoint as checkpoint_lib
 from alexnet_jax import layers
+from alexnet_jax import sharding
 from alexnet_jax import train
 
 ConfigError = train.ConfigError
@@ -42,7 +46,8 @@ TORCHVISION_KEYS = {
 def imagenet_names(num_classes: int) -> list[str]:
   """TFDS's imagenet2012 label names (synset ids), or 'class i'."""
   try:
-    from tensorflow_datasets.datasets.imagenet2012 import imagenet_common  # pylint: disable=g-import-not-at-top
+    # pylint: disable-next=g-import-not-at-top
+    from tensorflow_datasets.datasets.imagenet2012 import imagenet_common
     with open(imagenet_common.label_names_file()) as f:
       names = [line.strip() for line in f if line.strip()]
   except (ImportError, OSError):
@@ -84,14 +89,20 @@ def from_torchvision(state_dict: dict, geometry) -> dict:
 
 def convert(config, state_dict: dict, workdir: str) -> str:
   """Writes the checkpoint; returns its directory."""
-  if config.model.preset != "torchvision" or (
-      layers.resolve_config(config.model).towers != 1):
-    raise ConfigError("the config's model must be the one-tower torchvision "
-                      "preset (configs/torchvision.py)")
+  try:
+    geometry = layers.resolve_config(config.model)
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
+  m = config.model
+  if (config.model.preset != "torchvision" or m.activation != "relu"
+      or geometry != layers.resolve(preset="torchvision")):
+    raise ConfigError("the config's model must be torchvision's network "
+                      "(configs/torchvision.py: preset torchvision with its "
+                      "own norm, towers, width, pooling and conv1)")
   if os.path.isdir(os.path.join(workdir, "checkpoints")):
     raise ConfigError(f"{workdir} already holds checkpoints; give a new "
                       f"--workdir")
-  params = from_torchvision(state_dict, layers.resolve_config(config.model))
+  params = from_torchvision(state_dict, geometry)
   run = train.setup(config)
   pure = nnx.to_pure_dict(run.model_state)
   for name, arrays in params.items():
@@ -146,7 +157,7 @@ def main(argv):
   try:
     where = convert(FLAGS.config, load_state_dict(FLAGS.torchvision),
                     FLAGS.workdir)
-  except ConfigError as e:
+  except (ConfigError, sharding.MeshError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
   print(f"wrote {where}/0 (torchvision weights); use it with "

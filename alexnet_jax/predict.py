@@ -35,12 +35,18 @@ TOP_K = 5
 MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"BM")
 
 
+def _is_image(data: bytes) -> bool:
+  webp = data[:4] == b"RIFF" and data[8:12] == b"WEBP"
+  return data.startswith(MAGIC) or webp
+
+
 def load_images(config, paths: list[str], size: int) -> np.ndarray:
   """(N, size, size, 3) or (N, 10, size, size, 3) float32, preprocessed as
   the config evaluates; a missing or undecodable file is a ConfigError."""
   if not paths:
     raise ConfigError("--images is empty: give image files, e.g. "
                       "--images=a.jpg,b.png")
+  preprocess.check_options(config, size)  # data.mean/std/eval_crops.
   tf = lazy_tf()
   out = []
   for path in paths:
@@ -49,8 +55,9 @@ def load_images(config, paths: list[str], size: int) -> np.ndarray:
     with open(path, "rb") as f:
       data = f.read()
     not_image = ConfigError(f"--images: {path} is not an image that "
-                            f"TensorFlow decodes (JPEG, PNG, GIF or BMP)")
-    if not data.startswith(MAGIC):
+                            f"TensorFlow decodes (JPEG, PNG, GIF, BMP, "
+                            f"WebP)")
+    if not _is_image(data):
       raise not_image
     try:
       image = preprocess.eval_image(config.data, tf.constant(data), size,
@@ -75,8 +82,16 @@ def _probabilities(run, images: np.ndarray) -> np.ndarray:
           b, crops, -1).mean(axis=1)
     return jax.nn.softmax(model(x).astype(jnp.float32))
 
+  # In chunks of the batch size (the last padded), so that many images
+  # neither fill the device nor compile once per count.
+  b, out = run.config.batch_size, []
   with jax.set_mesh(run.mesh):
-    return np.asarray(forward(run.model_state, images))
+    for start in range(0, len(images), b):
+      chunk = images[start:start + b]
+      pad = np.zeros((b - len(chunk),) + chunk.shape[1:], chunk.dtype)
+      probs = forward(run.model_state, np.concatenate([chunk, pad]))
+      out.append(np.asarray(jax.device_get(probs))[:len(chunk)])
+  return np.concatenate(out)
 
 
 def predict(config: ml_collections.ConfigDict, workdir: str,

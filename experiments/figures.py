@@ -1,7 +1,7 @@
 """The paper's Figures 3 and 4 from a trained workdir.
 
   python -m experiments.figures filters --workdir=DIR [--out=F.png]
-  python -m experiments.figures neighbours --workdir=DIR --split=test \
+  python -m experiments.figures neighbours --workdir=DIR [--split=test] \
       [--queries=8] [--k=6] [--max_train=N] [--out=F.png]
 
 filters (Figure 3): conv1's kernels as an image grid, one block per tower,
@@ -9,13 +9,14 @@ the towers side by side (the paper saw colour-agnostic kernels on one GPU
 and colour-specific ones on the other). Each kernel is stretched to the
 full 0-255 range on its own, then enlarged by a whole factor.
 
-neighbours (Figure 4): for the first --queries images of --split, the --k
-training images nearest by Euclidean distance between fc7 features (the
-4096-d output of fc7's ReLU, eval mode), as a PNG grid (query, then its
-neighbours nearest first, one row per query) and OUT.json with the
-indices (in the order the training split is evaluated), labels and
-distances. Images are the config's center crops, shown with the mean and
-std put back.
+neighbours (Figure 4): for the first --queries images of --split (default:
+the config's eval split), the --k training images nearest by Euclidean
+distance between fc7 features (the 4096-d output of fc7's ReLU, eval mode),
+as a PNG grid (query, then its neighbours nearest first, one row per query)
+and OUT.json with the indices (in the order the training split is
+evaluated), labels and distances. The training split is read twice: for
+its features, then for the neighbours' images only. Images are the
+config's center crops, shown with the mean and std put back.
 
 Both read the workdir's config.json (written by training) unless --config is
 given, and the latest checkpoint (--best: the best).
@@ -42,6 +43,7 @@ from flax import nnx
 from alexnet_jax import checkpoint as checkpoint_lib
 from alexnet_jax import input_pipeline
 from alexnet_jax import layers
+from alexnet_jax import sharding
 from alexnet_jax import train
 from alexnet_jax.sources import lazy_tf
 
@@ -61,8 +63,12 @@ def load_config(workdir: str, config=None) -> ml_collections.ConfigDict:
   if not os.path.isfile(path):
     raise train.ConfigError(f"no config.json in {workdir}: give --config, or "
                             f"a workdir that training wrote")
-  with open(path) as f:
-    return ml_collections.ConfigDict(json.load(f))
+  try:
+    with open(path) as f:
+      return ml_collections.ConfigDict(json.load(f))
+  except json.JSONDecodeError as e:
+    raise train.ConfigError(f"{path} is not JSON ({e.msg} at line {e.lineno}"
+                            f"); give --config") from None
 
 
 def restore(config, workdir: str, best: bool = False):
@@ -143,7 +149,10 @@ def nearest(train_features: jax.Array, query_features: jax.Array, k: int,
   best_i = jnp.zeros((q.shape[0], 0), jnp.int32)
   for start in range(0, train_features.shape[0], chunk):
     t = jnp.asarray(train_features[start:start + chunk], jnp.float32)
-    d2 = q2 - 2 * q @ t.T + jnp.sum(t * t, axis=1)[None]
+    # Full float32 matmul: TF32 or bfloat16 passes on an accelerator would
+    # spoil the cancellation in |q|^2 - 2 q.t + |t|^2.
+    cross = jnp.matmul(q, t.T, precision=jax.lax.Precision.HIGHEST)
+    d2 = q2 - 2 * cross + jnp.sum(t * t, axis=1)[None]
     d = jnp.concatenate([best_d, jnp.sqrt(jnp.maximum(d2, 0))], axis=1)
     i = jnp.concatenate(
         [best_i, jnp.broadcast_to(jnp.arange(start, start + t.shape[0],
@@ -153,9 +162,11 @@ def nearest(train_features: jax.Array, query_features: jax.Array, k: int,
   return np.asarray(best_d), np.asarray(best_i)
 
 
-def split_features(run, split: str, limit: int = 0):
-  """(fc7 features, images, labels) of a split's center crops, in its
-  evaluation order; `limit` > 0 stops after that many."""
+def split_features(run, split: str, limit: int = 0, images_of=None):
+  """(fc7 features, labels, images) of a split's center crops, in its
+  evaluation order; `limit` > 0 stops after that many. images_of: the
+  indices whose images to keep ({index: image}; None: all, for the few
+  queries), so a pass over a large training split keeps only features."""
   config = run.config.copy_and_resolve_references()
   with config.unlocked():
     config.data.eval_split, config.data.eval_crops = split, 1
@@ -168,19 +179,22 @@ def split_features(run, split: str, limit: int = 0):
 
   _, batches = input_pipeline.eval_iterator(config,
                                             image_size=run.image_size)
-  feats, images, labels = [], [], []
+  feats, labels, images, seen = [], [], {}, 0
   with jax.set_mesh(run.mesh):
     for batch in batches:
       keep = np.asarray(batch["mask"], bool)
-      f = np.asarray(fc7(run.model_state, batch["image"]))
-      feats.append(f[keep])
-      images.append(np.asarray(batch["image"])[keep])
+      feats.append(np.asarray(fc7(run.model_state, batch["image"]))[keep])
       labels.append(np.asarray(batch["label"])[keep])
-      if limit and sum(len(x) for x in labels) >= limit:
+      for j, image in enumerate(np.asarray(batch["image"])[keep]):
+        wanted = (seen + j < limit if limit else True) if images_of is None \
+            else seen + j in images_of
+        if wanted:
+          images[seen + j] = image
+      seen += int(keep.sum())
+      if limit and seen >= limit:
         break
   cut = slice(0, limit or None)
-  return (np.concatenate(feats)[cut], np.concatenate(images)[cut],
-          np.concatenate(labels)[cut])
+  return np.concatenate(feats)[cut], np.concatenate(labels)[cut], images
 
 
 def displayable(config, images: np.ndarray) -> np.ndarray:
@@ -197,7 +211,7 @@ def neighbours_grid(rows: list[list[np.ndarray]], scale: int) -> np.ndarray:
   size = rows[0][0].shape[0] * scale
   n = len(rows[0])
   cell = size + PAD
-  out = np.full((len(rows) * cell + PAD, n * cell + 3 * PAD, 3), 255,
+  out = np.full((len(rows) * cell + PAD, n * cell + 4 * PAD, 3), 255,
                 np.uint8)
   for r, row in enumerate(rows):
     for c, image in enumerate(row):
@@ -207,26 +221,32 @@ def neighbours_grid(rows: list[list[np.ndarray]], scale: int) -> np.ndarray:
   return out
 
 
-def neighbours(config, workdir: str, out: str, *, split: str, queries: int,
-               k: int, max_train: int = 0, best: bool = False) -> dict:
+def neighbours(config, workdir: str, out: str, *, split: str | None,
+               queries: int, k: int, max_train: int = 0,
+               best: bool = False) -> dict:
+  """Figure 4 into out (PNG) and its .json; returns what the JSON holds."""
   run, meta = restore(config, workdir, best)
   names = meta.get("class_names") or []
-  train_f, train_x, train_y = split_features(run, config.data.train_split,
-                                             max_train)
-  query_f, query_x, query_y = split_features(run, split, queries)
+  split = split or config.data.eval_split
+  train_split = config.data.train_split
+  # The queries first: a bad --split fails before the long training pass.
+  query_f, query_y, query_x = split_features(run, split, queries)
+  train_f, train_y, _ = split_features(run, train_split, max_train, set())
   dist, idx = nearest(train_f, query_f, k)
-  label = lambda y: names[y] if y < len(names) else str(int(y))
-  result = {"split": split, "train_split": config.data.train_split,
+  _, _, train_x = split_features(run, train_split, max_train,
+                                 {int(i) for i in idx.ravel()})
+  label = lambda y: names[y] if 0 <= y < len(names) else str(int(y))
+  result = {"split": split, "train_split": train_split,
             "train_examples": int(len(train_f)), "k": k, "queries": []}
   rows = []
-  shown_q, shown_t = displayable(config, query_x), displayable(config, train_x)
   for q in range(len(query_f)):
     result["queries"].append({
         "index": q, "label": label(query_y[q]),
         "neighbours": [{"index": int(i), "label": label(train_y[i]),
                         "distance": float(d)}
                        for i, d in zip(idx[q], dist[q])]})
-    rows.append([shown_q[q]] + [shown_t[i] for i in idx[q]])
+    rows.append([displayable(config, query_x[q])] +
+                [displayable(config, train_x[int(i)]) for i in idx[q]])
   write_png(out, neighbours_grid(rows, max(1, 96 // run.image_size)))
   with open(os.path.splitext(out)[0] + ".json", "w") as f:
     json.dump(result, f, indent=1)
@@ -250,7 +270,8 @@ def main(argv):
       neighbours(config, workdir, out, split=FLAGS.split,
                  queries=FLAGS.queries, k=FLAGS.k,
                  max_train=FLAGS.max_train, best=FLAGS.best)
-  except (train.ConfigError, input_pipeline.DataError) as e:
+  except (train.ConfigError, input_pipeline.DataError,
+          sharding.MeshError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
   print(f"wrote {out}")
@@ -262,7 +283,8 @@ if __name__ == "__main__":
   flags.DEFINE_string("out", None, "The PNG (default WORKDIR/figures/"
                       "COMMAND.png; neighbours also writes its .json).")
   flags.DEFINE_bool("best", False, "The best checkpoint, not the latest.")
-  flags.DEFINE_string("split", "test", "neighbours: the queries' split.")
+  flags.DEFINE_string("split", None, "neighbours: the queries' split "
+                      "(default: the config's data.eval_split).")
   flags.DEFINE_integer("queries", 8, "neighbours: how many query images.")
   flags.DEFINE_integer("k", 6, "neighbours: neighbours per query.")
   flags.DEFINE_integer("max_train", 0, "neighbours: search only the first N "

@@ -105,8 +105,18 @@ def test_imported_weights_predict_what_torch_computes(converted):
 
 
 def test_the_checkpoint_carries_imagenet_names_and_the_config(converted):
+  from alexnet_jax import checkpoint
   root, _ = converted
   assert (root / "work" / "config.json").is_file()
+  ckpts = checkpoint.Checkpoints(str(root / "work"), max_to_keep=1)
+  try:
+    assert ckpts.steps() == [0]
+    meta = ckpts.read_meta(0)
+  finally:
+    ckpts.close()
+  assert meta["imported_from"] == "torchvision"
+  assert meta["model_config"]["preset"] == "torchvision"
+  assert meta["class_names"] == [f"class {i}" for i in range(NUM_CLASSES)]
   names = convert.imagenet_names(1000)
   assert len(names) == 1000 and names[0] == "n01440764"
   assert convert.imagenet_names(NUM_CLASSES)[3] == "class 3"
@@ -118,6 +128,15 @@ def test_a_state_dict_of_another_network_is_named():
     convert.from_torchvision(sd, None)
 
 
+@pytest.mark.parametrize("field,value", [("norm", "lrn"), ("towers", 2),
+                                         ("activation", "tanh")])
+def test_a_model_other_than_torchvisions_is_refused(tmp_path, field, value):
+  c = config()
+  c.model[field] = value
+  with pytest.raises(convert.ConfigError, match="torchvision's network"):
+    convert.convert(c, {}, str(tmp_path))
+
+
 def test_a_workdir_with_checkpoints_is_left_alone(tmp_path):
   (tmp_path / "checkpoints").mkdir()
   with pytest.raises(convert.ConfigError, match="already holds checkpoints"):
@@ -126,15 +145,15 @@ def test_a_workdir_with_checkpoints_is_left_alone(tmp_path):
 
 def test_convert_errors_are_one_line(tmp_path):
   (tmp_path / "junk.pth").write_text("not a torch file")
-  for args in ([f"--torchvision={tmp_path / 'junk.pth'}",
-                f"--workdir={tmp_path / 'w'}"],
-               [f"--torchvision={tmp_path / 'missing.pth'}",
-                f"--workdir={tmp_path / 'w'}"]):
-    proc = subprocess.run([sys.executable, "-m", "alexnet_jax.convert", *args],
-                          cwd=ROOT, capture_output=True, text=True,
-                          check=False, env=dict(os.environ,
-                                                JAX_PLATFORMS="cpu"))
-    assert proc.returncode == 2, proc.stderr[-2000:]
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: --torchvision"), (
-        lines)
+  proc = subprocess.run(
+      [sys.executable, "-m", "alexnet_jax.convert",
+       f"--torchvision={tmp_path / 'junk.pth'}", f"--workdir={tmp_path / 'w'}"],
+      cwd=ROOT, capture_output=True, text=True, check=False,
+      env=dict(os.environ, JAX_PLATFORMS="cpu"))
+  assert proc.returncode == 2, proc.stderr[-2000:]
+  lines = proc.stderr.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith(
+      "error: --torchvision: ") and "not a torch state_dict" in lines[0], lines
+  assert not (tmp_path / "w").exists()
+  with pytest.raises(convert.ConfigError, match="no such file"):
+    convert.load_state_dict(str(tmp_path / "missing.pth"))

@@ -72,13 +72,32 @@ def test_predict_names_the_right_class_of_each_image(trained):
         "blue": 0, "green": 1, "red": 2}  # Folder names, sorted.
 
 
-def test_ten_crops_and_the_best_checkpoint_agree(trained):
+def test_ten_crops_average_the_softmax_of_each_crop(trained):
+  import jax
+  from flax import nnx
   root, config = trained
   paths = [str(root / "query" / f"{n}.png") for n in COLOURS]
   ten = config.copy_and_resolve_references()
   ten.data.eval_crops, ten.data.resize_size = 10, 40
   results = predict.predict(ten, str(root / "work"), paths, best=True)
   assert [r["top5"][0]["label"] for r in results] == list(COLOURS)
+  crops = predict.load_images(ten, paths, 32)
+  assert crops.shape == (3, 10, 32, 32, 3)
+  run, _ = figures.restore(ten, str(root / "work"), best=True)
+  model = nnx.merge(run.eval_graph, run.model_state)
+  for r, image in zip(results, crops):  # Each crop on its own, then the mean.
+    want = np.mean([np.asarray(jax.nn.softmax(model(c[None])))[0]
+                    for c in image], axis=0)
+    for t in r["top5"]:
+      assert t["prob"] == pytest.approx(want[t["index"]], abs=1e-5)
+
+
+def test_a_damaged_image_is_named(trained, tmp_path):
+  _, config = trained
+  bad = tmp_path / "cut.png"
+  bad.write_bytes(b"\x89PNG\r\n\x1a\n" + b"junk" * 10)
+  with pytest.raises(predict.ConfigError, match="cut.png is not an image"):
+    predict.load_images(config, [str(bad)], 32)
 
 
 def test_json_output_of_the_command(trained):
@@ -103,17 +122,23 @@ def run_predict(root, *args):
       cwd=ROOT, env=env, capture_output=True, text=True, check=False)
 
 
-@pytest.mark.parametrize("case", ["missing", "not_an_image", "empty"])
-def test_bad_images_end_with_one_error_line(trained, case):
+def test_a_missing_image_ends_the_command_with_one_error_line(trained):
   root, _ = trained
-  (root / "notes.txt").write_text("not an image")
-  images = {"missing": str(root / "nope.jpg"),
-            "not_an_image": str(root / "notes.txt"), "empty": ""}[case]
-  proc = run_predict(root, f"--images={images}")
+  proc = run_predict(root, f"--images={root / 'nope.jpg'}")
   assert proc.returncode == 2, proc.stderr[-2000:]
   lines = proc.stderr.strip().splitlines()
-  assert len(lines) == 1 and lines[0].startswith("error: --images"), lines
+  assert lines == [f"error: --images: no such file: {root / 'nope.jpg'}"]
   assert proc.stdout == ""
+
+
+@pytest.mark.parametrize("case", ["not_an_image", "empty"])
+def test_bad_images_are_named(trained, tmp_path, case):
+  _, config = trained
+  (tmp_path / "notes.txt").write_text("not an image")
+  paths = {"not_an_image": [str(tmp_path / "notes.txt")], "empty": []}[case]
+  with pytest.raises(predict.ConfigError, match="^--images") as e:
+    predict.load_images(config, paths, 32)
+  assert "\n" not in str(e.value)
 
 
 def test_predict_without_a_checkpoint_is_a_config_error(tmp_path):
@@ -148,6 +173,22 @@ def test_filters_png_holds_each_tower_block_and_kernel(trained, tmp_path):
     np.testing.assert_array_equal(got, want.astype(np.uint8))
 
 
+def test_filters_grid_wraps_rows_within_each_tower():
+  kernel = np.random.default_rng(0).normal(size=(3, 3, 3, 20))
+  grid = figures.filters_grid(kernel, towers=2, cols=4)  # 10 a tower: 3 rows.
+  s, pad = figures.filter_scale(3), figures.PAD
+  cell = 3 * s + pad
+  block = 4 * cell + pad
+  assert grid.shape == (3 * cell + pad, 2 * block + 4 * pad, 3)
+  # Kernel 9 (tower 1, row 2, column 1) and kernel 10 (tower 2's first).
+  for ch, (y, x) in ((9, (pad + 2 * cell, pad + cell)),
+                     (10, (pad, block + 4 * pad + pad))):
+    w = kernel[..., ch]
+    want = np.round(255 * (w - w.min()) / (w.max() - w.min()))
+    np.testing.assert_array_equal(grid[y:y + 3 * s:s, x:x + 3 * s:s], want)
+  assert (grid[pad + 2 * cell:, pad + 2 * cell:block] == 255).all()  # Empty.
+
+
 def test_nearest_equals_a_brute_force_search():
   rng = np.random.default_rng(0)
   train_f, query_f = rng.normal(size=(50, 16)), rng.normal(size=(4, 16))
@@ -163,8 +204,9 @@ def test_neighbours_png_and_json_from_fc7_features(trained, tmp_path):
   result = figures.neighbours(config, str(root / "work"), str(out),
                               split="val", queries=3, k=4)
   run, _ = figures.restore(config, str(root / "work"))
-  train_f, _, train_y = figures.split_features(run, "train")
-  query_f, _, query_y = figures.split_features(run, "val", 3)
+  train_f, train_y, none = figures.split_features(run, "train", 0, set())
+  query_f, query_y, shown = figures.split_features(run, "val", 3)
+  assert none == {} and sorted(shown) == [0, 1, 2]
   assert train_f.shape == (72, 512) and query_f.shape == (3, 512)  # fc7.
   full = np.linalg.norm(query_f[:, None] - train_f[None], axis=2)
   for q, entry in enumerate(result["queries"]):
@@ -175,7 +217,7 @@ def test_neighbours_png_and_json_from_fc7_features(trained, tmp_path):
   assert json.loads(out.with_suffix(".json").read_text()) == result
   scale, pad = 3, figures.PAD  # 32-pixel images shown 96 wide.
   cell = 32 * scale + pad
-  assert decode_png(out).shape == (3 * cell + pad, 5 * cell + 3 * pad, 3)
+  assert decode_png(out).shape == (3 * cell + pad, 5 * cell + 4 * pad, 3)
 
 
 def test_figures_command_reads_the_workdir_config(trained, tmp_path):
