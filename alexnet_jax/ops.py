@@ -3,9 +3,14 @@
 Each comes in a plain formulation (the textbook one: `pow`, `reduce_window`,
 `feature_group_count`, `y + b`) and a fast one written for XLA:CPU, where
 the plain ones measured several times slower (experiments/fast_paths.py;
-README, Speed). `model.ops` picks the set: `fast`, `plain`, or `auto` (fast
-on CPU, plain on GPU and TPU, where nobody has measured the fast ones yet).
-The plain set is also the fast one's oracle (tests/test_fast_paths.py).
+README, Speed). `model.ops` picks the set: `fast`, `plain`, or `auto`:
+fast on CPU; on GPU and TPU, where nobody has measured the fast ones yet,
+the plain LRN, pooling and bias add with the per-tower convolution
+(ACCELERATOR), because XLA's SPMD partitioner all-gathers the batch of a
+`feature_group_count` convolution on a data-sharded mesh (conv2, conv4 and
+conv5, forward and backward; tests/test_sharding.py), which would make data
+parallelism copy activations between devices. The plain set is also the
+fast one's oracle (tests/test_fast_paths.py).
 """
 
 from __future__ import annotations
@@ -38,7 +43,8 @@ def select(mode: str, backend: str | None = None) -> Ops:
   if mode not in OPS_MODES:
     raise ValueError(f"model.ops must be one of {OPS_MODES}, got {mode!r}")
   if mode == "auto":
-    mode = "fast" if (backend or jax.default_backend()) == "cpu" else "plain"
+    return FAST if (backend or jax.default_backend()) == "cpu" else (
+        ACCELERATOR)
   return FAST if mode == "fast" else PLAIN
 
 
@@ -280,3 +286,6 @@ def plain_add_bias(y: jax.Array, bias: jax.Array) -> jax.Array:
 FAST = Ops(local_response_norm, max_pool, conv, add_bias)
 PLAIN = Ops(plain_local_response_norm, plain_max_pool, plain_conv,
             plain_add_bias)
+# `auto` on GPU/TPU: plain, but grouped layers as one convolution per tower,
+# which the partitioner keeps local on a data-sharded mesh (module doc).
+ACCELERATOR = PLAIN._replace(conv=conv)

@@ -45,9 +45,10 @@ def get_config(arg=None):
   m.init = "paper"
   # fc8's weight std instead of the init's (None: the init's own).
   m.fc8_init_std = config_dict.placeholder(float)
-  # The operations' formulation (alexnet_jax/ops.py): auto (fast on CPU,
-  # plain on GPU/TPU) | fast | plain. Same network, same numbers up to float
-  # rounding; not part of what a checkpoint must match.
+  # The operations' formulation (alexnet_jax/ops.py): auto (fast on CPU;
+  # plain with per-tower convolutions on GPU/TPU) | fast | plain. Same
+  # network, same numbers up to float rounding; not part of what a
+  # checkpoint must match.
   m.ops = "auto"
 
   config.data = d = ml_collections.ConfigDict()

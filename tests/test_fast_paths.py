@@ -247,8 +247,10 @@ def test_model_gradients_match_reference_formulations(tmp_path, images,
 
 def test_ops_auto_is_fast_on_cpu_and_plain_on_other_backends():
   assert ops.select("auto", backend="cpu") is ops.FAST
-  assert ops.select("auto", backend="gpu") is ops.PLAIN
-  assert ops.select("auto", backend="tpu") is ops.PLAIN
+  for backend in ("gpu", "tpu"):  # Plain, with per-tower convolutions.
+    chosen = ops.select("auto", backend=backend)
+    assert chosen is ops.ACCELERATOR and chosen.conv is ops.FAST.conv
+    assert chosen._replace(conv=ops.plain_conv) == ops.PLAIN
   assert ops.select("fast", backend="gpu") is ops.FAST
   assert ops.select("plain", backend="cpu") is ops.PLAIN
   with pytest.raises(ValueError, match="model.ops must be one of"):

@@ -25,6 +25,7 @@ from flax import nnx
 
 from alexnet_jax import comm
 from alexnet_jax import model as model_lib
+from alexnet_jax import ops
 from alexnet_jax import sharding
 from alexnet_jax import steps
 from alexnet_jax import train
@@ -259,6 +260,21 @@ def test_each_towers_weights_live_on_its_own_device(data, model):
   total = sum(x.size for x in jax.tree.leaves(params) if x.ndim)
   fc8_bias = params["fc8"]["bias"].size
   assert per_device == (total - fc8_bias) // 2 + fc8_bias
+
+
+def test_data_parallel_grouped_convolutions_stay_on_their_device(
+    monkeypatch):
+  # XLA's partitioner all-gathers the batch of a feature_group_count
+  # convolution on a data-sharded mesh: why `auto` on GPU/TPU (ACCELERATOR)
+  # takes the per-tower convolution with the otherwise plain operations.
+  plain = compiled_forward_collectives(2, 1, ops="plain")
+  assert {(c["op"], c["layer"]) for c in plain} == {
+      ("all-gather", "conv2"), ("all-gather", "conv4"), ("all-gather", "conv5")}
+  select = ops.select
+  monkeypatch.setattr(ops, "select",
+                      lambda mode, backend=None: select(mode, backend="gpu"))
+  assert ops.select("auto") is ops.ACCELERATOR
+  assert compiled_forward_collectives(2, 1) == []
 
 
 def test_model_1_is_plain_data_parallelism():
