@@ -42,7 +42,7 @@ def environment(devices=1):
       "--xla_cpu_experimental_ynn_fusion_type="))
 
 
-def run(workdir, *extra, devices=1, timeout=300):
+def run(workdir, *extra, devices=1, timeout=None):
   return subprocess.run(command(workdir, *extra), cwd=ROOT,
                         env=environment(devices), capture_output=True,
                         text=True, timeout=timeout)

@@ -189,7 +189,7 @@ def test_train_and_evaluate_on_8_devices_counts_every_eval_example(tmp_path):
   assert json.loads((tmp_path / "config.json").read_text())["seed"] == 0
 
 
-def run_main(*args, timeout=300):
+def run_main(*args, timeout=None):
   # One device, as the README's smoke command runs (quicker than 8 fakes).
   env = dict(os.environ, XLA_FLAGS=(
       "--xla_force_host_platform_device_count=1 "
