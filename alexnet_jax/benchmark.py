@@ -21,19 +21,20 @@ peak is a 4096x4096 `jnp.dot` in the step's compute dtype (bfloat16 with
 `--config.half_precision=True`), measured in the same run (the best of its
 runs before and after the timed windows).
 
-The PyTorch peer is the same network written with torch.nn (grouped convs
-via groups=2, LRN per tower, same pools and dropout), 2 threads, one fixed
-batch, SGD with momentum and coupled weight decay, eager mode; with
-`--config.half_precision=True` it runs under bfloat16 autocast. Its GFLOP/s
-use the same FLOP count. torch is optional.
-
-Its LRN (`--torch_lrn`): `slices` (the default) writes the window sum as five
-shifted slices of the squares, which made the peer's steps up to 35% faster
-here (experiments/results/benchmark.md) than `module`,
-torch.nn.LocalResponseNorm (avg_pool3d over the squares; about a third of
-the peer's train step). `both` times the two peers in the same run, as rows
-`torch` and `torch_module`. The peer lives outside the package, in the
-repository's experiments/torch_peer.py: --compare-torch runs from a checkout.
+The PyTorch peers are the same network written with torch.nn (grouped
+convs via groups=2, LRN per tower, same pools and dropout;
+experiments/torch_peer.py, so --compare-torch runs from a checkout), 2
+threads, one fixed batch, SGD with momentum and coupled weight decay; with
+`--config.half_precision=True` under bfloat16 autocast. Their GFLOP/s use
+the same FLOP count. torch is optional. `--torch_peers` picks them, all
+timed in the same run (rows in parentheses):
+  eager          (torch) eager, LRN's window sum as five shifted slices of
+                 the squares (up to 35% faster here than `module`)
+  module         (torch_module) eager with torch.nn.LocalResponseNorm
+  channels_last  (torch_channels_last) eager, NHWC memory format
+  compile        (torch_compile) torch.compile (inductor, C++ on a CPU);
+                 its compile time, the first step, is reported apart
+The report names the fastest peer and the ratio against it.
 """
 
 from __future__ import annotations
@@ -62,7 +63,19 @@ from alexnet_jax import sharding
 from alexnet_jax import train
 
 FLAGS = flags.FLAGS
-TORCH_LRN = ("slices", "module", "both")
+# The PyTorch peers, by --torch_peers name: row name and TorchStep options.
+TORCH_PEERS = {
+    "eager": ("torch", {}),
+    "module": ("torch_module", {"lrn": "module"}),
+    "channels_last": ("torch_channels_last", {"channels_last": True}),
+    "compile": ("torch_compile", {"compile": True}),
+}
+PEER_LABELS = {
+    "torch": "eager, LRN by shifted slices",
+    "torch_module": "eager, torch.nn.LocalResponseNorm",
+    "torch_channels_last": "eager, channels-last",
+    "torch_compile": "torch.compile (inductor)",
+}
 flags.DEFINE_enum("what", "train", ["train", "eval", "input"],
                   "Which step to time.")
 flags.DEFINE_integer("batch", None, "Batch size (default: the config's).")
@@ -76,9 +89,9 @@ flags.DEFINE_float("min_window_s", 1.0, "Target length of one window.")
 flags.DEFINE_integer("warmup", 5, "Untimed steps after compiling (at least; "
                      "more while steps keep getting faster).")
 flags.DEFINE_integer("torch_threads", 2, "torch.set_num_threads.")
-flags.DEFINE_enum("torch_lrn", "slices", TORCH_LRN,
-                  "The PyTorch peer's LRN: hand-written (slices), "
-                  "torch.nn.LocalResponseNorm (module), or both peers.")
+flags.DEFINE_list("torch_peers", ["eager", "channels_last", "compile"],
+                  f"PyTorch peers to time with --compare-torch, of "
+                  f"{sorted(TORCH_PEERS)}.")
 flags.DEFINE_integer("peak_size", 4096, "n of the n x n matmul that measures "
                      "the peak.")
 config_flags.DEFINE_config_file(
@@ -139,48 +152,6 @@ class JaxStep:
 # ---------------------------------------------------------------- torch side
 
 
-class TorchStep:
-  """Forward (+ backward + SGD momentum) of the torch peer on one batch."""
-
-  def __init__(self, config, what: str, batch_size: int, threads: int,
-               lrn: str = "slices"):
-    import torch
-    from experiments import torch_peer
-    torch.set_num_threads(threads)
-    torch.manual_seed(0)
-    self.torch, self.what = torch, what
-    self.model = torch_peer.torch_alexnet(config, lrn)
-    self.params = sum(p.numel() for p in self.model.parameters())
-    size = model_lib.input_size(config.model)
-    self.x = torch.randn(batch_size, 3, size, size)
-    self.y = torch.randint(0, config.model.num_classes, (batch_size,))
-    # The paper's update: coupled decay, momentum, as optim.create_optimizer.
-    self.opt = torch.optim.SGD(self.model.parameters(),
-                               lr=config.optim.learning_rate,
-                               momentum=config.optim.momentum,
-                               weight_decay=config.optim.weight_decay)
-    self.loss = torch.nn.CrossEntropyLoss()
-    # bfloat16 compute with float32 parameters, as the JAX side does.
-    self.autocast = config.half_precision
-    self.model.train(what == "train")
-
-  def _step(self):
-    torch = self.torch
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.autocast):
-      if self.what == "train":
-        self.opt.zero_grad(set_to_none=True)
-        loss = self.loss(self.model(self.x).float(), self.y)
-        loss.backward()
-        self.opt.step()
-      else:
-        with torch.inference_mode():
-          self.model(self.x)
-
-  def run(self, steps: int):
-    for _ in range(steps):
-      self._step()
-
-
 def import_torch_or_exit():
   try:
     import torch  # noqa: F401
@@ -210,9 +181,9 @@ def benchmark(config, *, what: str = "train", batch_size: int | None = None,
               compare_torch: bool = False, windows: int = 5, steps: int = 0,
               min_window_s: float = 1.0, warmup: int = 5,
               torch_threads: int = 2, peak_size: int = 4096,
-              torch_lrn: str = "slices") -> dict:
+              torch_peers=("eager",)) -> dict:
   """Times the step; returns a dict of what was measured (see module doc)."""
-  # One function on purpose (68 lines): the JAX and PyTorch windows must
+  # One function on purpose (85 lines): the JAX and PyTorch windows must
   # alternate in one loop so that load from other processes hits both alike.
   batch_size = batch_size or config.batch_size
   with config.unlocked():
@@ -224,17 +195,26 @@ def benchmark(config, *, what: str = "train", batch_size: int | None = None,
   runners = {"jax": JaxStep(config, what, batch_size)}
   first = {}
   if compare_torch:
-    peers = {"slices": {"torch": "slices"}, "module": {"torch": "module"},
-             "both": {"torch": "slices", "torch_module": "module"}}[torch_lrn]
-    for name, lrn in peers.items():
-      runners[name] = TorchStep(config, what, batch_size, torch_threads, lrn)
+    from experiments import torch_peer  # pylint: disable=g-import-not-at-top
+    for peer in torch_peers:
+      name, options = TORCH_PEERS[peer]
+      try:  # torch.compile needs a C++ compiler; a peer that fails is left out.
+        runners[name] = torch_peer.TorchStep(config, what, batch_size,
+                                             torch_threads, **options)
+        first[name] = _timed(runners[name].run, 1)
+      except Exception as e:  # pylint: disable=broad-except
+        runners.pop(name, None)
+        why = (str(e).strip().splitlines() or [""])[0][:200]
+        print(f"warning: PyTorch peer {name} failed ({type(e).__name__}: "
+              f"{why}); left out", file=sys.stderr, flush=True)
   # Warm-up: XLA's first runs fault in buffers and thread pools; torch's
   # first 3-4 steps of a shape build oneDNN kernels (about 1 s each here,
   # more than a whole step of the small nets). Keep going while the last
   # step was well above the best one.
   per_step = {}
   for name, r in runners.items():
-    first[name] = _timed(r.run, 1)
+    if name not in first:
+      first[name] = _timed(r.run, 1)
     seen = [_timed(r.run, 1) for _ in range(max(1, warmup))]
     while seen[-1] > 1.3 * min(seen) and len(seen) < 3 * warmup + 6:
       seen.append(_timed(r.run, 1))
@@ -271,14 +251,20 @@ def benchmark(config, *, what: str = "train", batch_size: int | None = None,
         "pct_peak": 100 * flops / med / 1e9 / peak,
         "window_ms": [1e3 * t for t in times[name]],
         "first_step_ms": 1e3 * first[name]}
-  if compare_torch:
-    result["torch_params"] = runners["torch"].params
-    result["torch_lrn"] = torch_lrn
-    for name in runners:
-      if name != "jax":
-        result[f"ratio_jax_over_{name}"] = (
-            result["rows"]["jax"]["images_per_s"] /
-            result["rows"][name]["images_per_s"])
+  peers = [name for name in runners if name != "jax"]
+  if peers:
+    # torch.compile compiles in its first step: that step less a timed one.
+    if "torch_compile" in peers:
+      result["rows"]["torch_compile"]["compile_s"] = (
+          first["torch_compile"] - statistics.median(times["torch_compile"]))
+    result["torch_params"] = runners[peers[0]].params
+    jax_rate = result["rows"]["jax"]["images_per_s"]
+    for name in peers:
+      result[f"ratio_jax_over_{name}"] = (
+          jax_rate / result["rows"][name]["images_per_s"])
+    fastest = max(peers, key=lambda n: result["rows"][n]["images_per_s"])
+    result["fastest_peer"] = fastest
+    result["ratio_jax_over_fastest_peer"] = result[f"ratio_jax_over_{fastest}"]
   return result
 
 
@@ -331,14 +317,16 @@ def format_table(r: dict) -> str:
     lines.append(f"{name:12s} {row['images_per_s']:10.1f} "
                  f"{row['ms_per_step']:10.1f} {row['gflops']:9.1f} "
                  f"{row['pct_peak']:7.1f} {row['first_step_ms']:9.0f}")
-  if "ratio_jax_over_torch" in r:
-    lrn = {"module": "torch.nn.LocalResponseNorm"}.get(
-        r.get("torch_lrn"), "LRN by shifted slices")
-    lines.append(f"JAX / PyTorch: {r['ratio_jax_over_torch']:.2f}x "
-                 f"(PyTorch with {lrn})")
-  if "ratio_jax_over_torch_module" in r:
-    lines.append(f"JAX / PyTorch: {r['ratio_jax_over_torch_module']:.2f}x "
-                 "(PyTorch with torch.nn.LocalResponseNorm)")
+  for name, row in r["rows"].items():
+    if name != "jax":
+      lines.append(f"JAX / PyTorch: {r[f'ratio_jax_over_{name}']:.2f}x "
+                   f"({PEER_LABELS.get(name, name)})")
+    if "compile_s" in row:
+      lines.append(f"  {name}: compile {row['compile_s']:.1f} s (its first "
+                   "step, outside the timed windows)")
+  if "fastest_peer" in r:
+    lines.append(f"JAX / fastest PyTorch ({PEER_LABELS[r['fastest_peer']]}): "
+                 f"{r['ratio_jax_over_fastest_peer']:.2f}x")
   return "\n".join(lines)
 
 
@@ -365,6 +353,11 @@ def main(argv):
   if FLAGS.what == "input":
     return run_input(config, FLAGS.batch or config.batch_size, FLAGS.json)
   if FLAGS.compare_torch:
+    unknown = [p for p in FLAGS.torch_peers if p not in TORCH_PEERS]
+    if unknown or not FLAGS.torch_peers:
+      print(f"error: --torch_peers takes names of {sorted(TORCH_PEERS)}, "
+            f"got {FLAGS.torch_peers}", file=sys.stderr)
+      return 2
     import_torch_or_exit()
   try:
     result = benchmark(config, what=FLAGS.what, batch_size=FLAGS.batch,
@@ -372,7 +365,8 @@ def main(argv):
                        windows=FLAGS.windows, steps=FLAGS.steps,
                        min_window_s=FLAGS.min_window_s, warmup=FLAGS.warmup,
                        torch_threads=FLAGS.torch_threads,
-                       peak_size=FLAGS.peak_size, torch_lrn=FLAGS.torch_lrn)
+                       peak_size=FLAGS.peak_size,
+                       torch_peers=FLAGS.torch_peers)
   except (train.ConfigError, sharding.MeshError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2

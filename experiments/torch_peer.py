@@ -192,3 +192,58 @@ class TorchTwin:
       x = torch.from_numpy(np.ascontiguousarray(image.transpose(0, 3, 1, 2)))
       pred = self.net(x).argmax(1).numpy()
     return float(((pred == label) & mask).sum()), float(mask.sum())
+
+
+# ---------------------------------------------------------------- benchmark
+
+
+class TorchStep:
+  """Forward (+ backward + SGD momentum) of the torch peer on one batch.
+
+  The benchmark's peer (alexnet_jax/benchmark.py): lrn as torch_alexnet's;
+  channels_last puts the model and batch in NHWC memory format; compile
+  wraps the model in torch.compile (inductor), which compiles on the first
+  step.
+  """
+
+  def __init__(self, config, what: str, batch_size: int, threads: int,
+               lrn: str = "slices", channels_last: bool = False,
+               compile: bool = False):  # pylint: disable=redefined-builtin
+    import torch
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    self.torch, self.what = torch, what
+    model = torch_alexnet(config, lrn)
+    self.params = sum(p.numel() for p in model.parameters())
+    size = layers.resolve_config(config.model).image_size
+    self.x = torch.randn(batch_size, 3, size, size)
+    self.y = torch.randint(0, config.model.num_classes, (batch_size,))
+    if channels_last:
+      model = model.to(memory_format=torch.channels_last)
+      self.x = self.x.contiguous(memory_format=torch.channels_last)
+    # The paper's update: coupled decay, momentum, as optim.create_optimizer.
+    self.opt = torch.optim.SGD(model.parameters(),
+                               lr=config.optim.learning_rate,
+                               momentum=config.optim.momentum,
+                               weight_decay=config.optim.weight_decay)
+    model.train(what == "train")
+    self.model = torch.compile(model) if compile else model
+    self.loss = torch.nn.CrossEntropyLoss()
+    # bfloat16 compute with float32 parameters, as the JAX side does.
+    self.autocast = config.half_precision
+
+  def _step(self):
+    torch = self.torch
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.autocast):
+      if self.what == "train":
+        self.opt.zero_grad(set_to_none=True)
+        loss = self.loss(self.model(self.x).float(), self.y)
+        loss.backward()
+        self.opt.step()
+      else:
+        with torch.inference_mode():
+          self.model(self.x)
+
+  def run(self, steps: int):
+    for _ in range(steps):
+      self._step()

@@ -36,7 +36,8 @@ def run_benchmark(*args):
 
 
 def test_tiny_train_benchmark_runs_and_prints_its_table():
-  args = TINY + ["--json"] + (["--compare-torch", "--torch_lrn=both"]
+  peers = "eager,module,channels_last,compile"
+  args = TINY + ["--json"] + (["--compare-torch", f"--torch_peers={peers}"]
                               if HAS_TORCH else [])
   proc = run_benchmark("--what=train", *args)
   assert proc.returncode == 0, proc.stderr[-2000:]
@@ -51,12 +52,28 @@ def test_tiny_train_benchmark_runs_and_prints_its_table():
   assert len(result["rows"]["jax"]["window_ms"]) == 1
   assert "images/s" in table and "GFLOP/s" in table and "compile" in table
   assert table.splitlines()[4].split()[0] == "jax"
-  if HAS_TORCH:
+  if HAS_TORCH:  # A row for each peer, in the order asked for.
+    names = ["torch", "torch_module", "torch_channels_last", "torch_compile"]
+    assert list(result["rows"]) == ["jax"] + names
+    assert [line.split()[0] for line in table.splitlines()[5:9]] == names
     assert result["torch_params"] == result["params"]
-    assert table.splitlines()[5].split()[0] == "torch"
-    assert table.splitlines()[6].split()[0] == "torch_module"
-    assert "JAX / PyTorch:" in table and "LocalResponseNorm" in table
-    assert result["ratio_jax_over_torch_module"] > 0
+    assert all(result["rows"][n]["images_per_s"] > 0 for n in names)
+    assert result["rows"]["torch_compile"]["compile_s"] >= 0
+    assert "compile_s" not in result["rows"]["torch"]
+    rates = {n: result["rows"][n]["images_per_s"] for n in names}
+    assert result["fastest_peer"] == max(rates, key=rates.get)
+    assert result["ratio_jax_over_fastest_peer"] == pytest.approx(
+        result["rows"]["jax"]["images_per_s"] / max(rates.values()))
+    assert "LocalResponseNorm" in table and "torch.compile" in table
+    assert "JAX / fastest PyTorch" in table
+
+
+def test_an_unknown_torch_peer_is_one_error_line():
+  proc = run_benchmark(*TINY, "--compare-torch", "--torch_peers=eager,jit")
+  assert proc.returncode == 2
+  assert proc.stderr.strip().splitlines() == [
+      "error: --torch_peers takes names of ['channels_last', 'compile', "
+      "'eager', 'module'], got ['eager', 'jit']"]
 
 
 def test_flop_count_of_one_grouped_conv_and_one_dot():
