@@ -20,6 +20,7 @@ from alexnet_jax import train
 from configs import ablation_activation
 from configs import ablation_cifar10
 from configs import ablation_imagenet
+from configs import torchvision
 from configs import cifar10, default, smoke
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -151,7 +152,8 @@ def test_topk_correct_counts_ties_against():
                                         (ablation_cifar10, None),
                                         (ablation_cifar10, "towers,batchnorm"),
                                         (ablation_imagenet, "imagenette"),
-                                        (ablation_activation, None)])
+                                        (ablation_activation, None),
+                                        (torchvision, None)])
 def test_configs_load(module, arg):
   config = module.get_config(arg)
   assert isinstance(config, ml_collections.ConfigDict)
