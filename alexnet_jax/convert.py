@@ -36,11 +36,10 @@ from alexnet_jax import sharding
 from alexnet_jax import train
 
 ConfigError = train.ConfigError
-# Our layer -> torchvision's module index, in features / classifier.
-TORCHVISION_KEYS = {
-    "conv1": "features.0", "conv2": "features.3", "conv3": "features.6",
-    "conv4": "features.8", "conv5": "features.10", "fc6": "classifier.1",
-    "fc7": "classifier.4", "fc8": "classifier.6"}
+# Our layers (conv1..fc8, in table order) -> torchvision's modules.
+TORCHVISION_KEYS = dict(zip(layers.NAMES, (
+    "features.0", "features.3", "features.6", "features.8", "features.10",
+    "classifier.1", "classifier.4", "classifier.6")))
 
 
 def imagenet_names(num_classes: int) -> list[str]:
@@ -68,13 +67,14 @@ def from_torchvision(state_dict: dict, geometry) -> dict:
         raise ConfigError(f"the state_dict has no {key}.{part} (torchvision "
                           f"alexnet's {name}); is it torchvision's alexnet?")
   side, c5 = geometry.stage_sizes[-1], geometry.channels[-1]
+  first_fc = next(l.name for l in layers.LAYERS if l.kind == "fc")
   out = {}
   for name, key in TORCHVISION_KEYS.items():
     w = np.asarray(state_dict[f"{key}.weight"], np.float32)
     b = np.asarray(state_dict[f"{key}.bias"], np.float32)
     if w.ndim == 4:
       kernel = w.transpose(2, 3, 1, 0)  # OIHW -> HWIO.
-    elif name == "fc6":  # Rows (C, H, W) -> (H, W, C).
+    elif name == first_fc:  # fc6's rows (C, H, W) -> (H, W, C).
       if w.shape[1] != c5 * side * side:
         raise ConfigError(f"{key}.weight has shape {w.shape}; fc6 of this "
                           f"model takes {c5}x{side}x{side} = "
