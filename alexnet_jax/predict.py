@@ -22,7 +22,6 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from alexnet_jax import checkpoint as checkpoint_lib
 from alexnet_jax import preflight
 from alexnet_jax import preprocess
 from alexnet_jax import train
@@ -98,22 +97,8 @@ def predict(config: ml_collections.ConfigDict, workdir: str,
             paths: list[str], *, best: bool = False) -> list[dict]:
   """[{"image": path, "top5": [{"index", "label", "prob"}, ...]}, ...]."""
   preflight.check_config(config)
-  kind = "best " if best else ""
-  if not os.path.isdir(os.path.join(
-      workdir, "checkpoints_best" if best else "checkpoints")):
-    raise ConfigError(f"no {kind}checkpoints in {workdir}; train first with "
-                      f"--mode=train")
-  run = train.setup(config)
-  images = load_images(config, paths, run.image_size)  # Before restoring.
-  ckpts = checkpoint_lib.Checkpoints(
-      workdir, max_to_keep=config.max_checkpoints_to_keep)
-  try:
-    meta = checkpoint_lib.restore_latest(run, ckpts, best=best)
-  finally:
-    ckpts.close()
-  if meta is None:
-    raise ConfigError(f"no {kind}checkpoint in {workdir}; train first with "
-                      f"--mode=train")
+  run, meta = train.restore_trained(config, workdir, best=best)
+  images = load_images(config, paths, run.image_size)
   names = meta.get("class_names") or [
       f"class {i}" for i in range(config.model.num_classes)]
   probs = _probabilities(run, images)

@@ -311,6 +311,21 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str, *,
   """
   preflight.run(config, workdir, train=False,
                 process_count=jax.process_count())
+  run, meta = restore_trained(config, workdir, best=best)
+  with jax.set_mesh(run.mesh):
+    metrics = evaluate(run)
+  step = meta["step"]
+  text = "  ".join(f"{k}={v:.4g}" for k, v in metrics.items())
+  if jax.process_index() == 0:
+    print(f"checkpoint step {step}: {text}", flush=True)
+  return {"step": step, **metrics}
+
+
+def restore_trained(config: ml_collections.ConfigDict, workdir: str, *,
+                    best: bool = False) -> tuple[Run, dict]:
+  """(run, meta): the workdir's latest (or best) checkpoint that restores,
+  loaded into a fresh Run, for eval, predict and the figures. Changes nothing
+  in the workdir; ConfigError when it holds no checkpoint."""
   kind = "best " if best else ""
   if not os.path.isdir(os.path.join(
       workdir, "checkpoints_best" if best else "checkpoints")):
@@ -321,15 +336,9 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str, *,
       workdir, max_to_keep=config.max_checkpoints_to_keep)
   try:
     meta = checkpoint_lib.restore_latest(run, ckpts, best=best)
-    if meta is None:
-      raise ConfigError(f"no {kind}checkpoint in {workdir}; train first with "
-                        f"--mode=train")
-    with jax.set_mesh(run.mesh):
-      metrics = evaluate(run)
   finally:
     ckpts.close()
-  step = meta["step"]
-  text = "  ".join(f"{k}={v:.4g}" for k, v in metrics.items())
-  if jax.process_index() == 0:
-    print(f"checkpoint step {step}: {text}", flush=True)
-  return {"step": step, **metrics}
+  if meta is None:
+    raise ConfigError(f"no {kind}checkpoint in {workdir}; train first with "
+                      f"--mode=train")
+  return run, meta

@@ -40,7 +40,6 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from alexnet_jax import checkpoint as checkpoint_lib
 from alexnet_jax import input_pipeline
 from alexnet_jax import layers
 from alexnet_jax import sharding
@@ -73,16 +72,7 @@ def load_config(workdir: str, config=None) -> ml_collections.ConfigDict:
 
 def restore(config, workdir: str, best: bool = False):
   """A train.Run with the workdir's latest (or best) checkpoint loaded."""
-  run = train.setup(config)
-  ckpts = checkpoint_lib.Checkpoints(
-      workdir, max_to_keep=config.max_checkpoints_to_keep)
-  try:
-    meta = checkpoint_lib.restore_latest(run, ckpts, best=best)
-  finally:
-    ckpts.close()
-  if meta is None:
-    raise train.ConfigError(f"no checkpoint in {workdir}; train first")
-  return run, meta
+  return train.restore_trained(config, workdir, best=best)
 
 
 def write_png(path: str, image: np.ndarray) -> None:
