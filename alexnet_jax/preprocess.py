@@ -52,6 +52,9 @@ def check_options(config, image_size: int):
                     f"{image_size} model input")
   if d.crop_padding < 0:
     raise DataError(f"data.crop_padding must be >= 0, got {d.crop_padding}")
+  if d.get("classes") and d.source != "folder":
+    raise DataError(f"data.classes picks class folders of source=folder; "
+                    f"with source={d.source} leave it empty")
 
 
 def augment_params(key, pca_std: float) -> dict:

@@ -6,7 +6,8 @@
              is prepared from manual_dir when the builder needs manual files
              (imagenet2012) and downloaded only if data.download=True.
   folder     data.path/<split>/<class>/*.jpg|jpeg|png, labels from the class
-             folder names of the training split, sorted.
+             folder names of the training split, sorted (or only the
+             folders data.classes names, labelled in its order).
 
 A tfds or folder split becomes `Records`: one data shard's disjoint slice
 of the split as tf.data elements (encoded image bytes or a file name, the
@@ -185,11 +186,24 @@ def _class_dirs(split_dir: str) -> list[str]:
   return sorted(e.name for e in os.scandir(split_dir) if e.is_dir())
 
 
+def _chosen_classes(d, names, root: str) -> tuple[str, ...]:
+  """data.classes: the class folders a run uses, labelled in that order."""
+  chosen = tuple(d.classes)
+  missing = [c for c in chosen if c not in names]
+  if missing or len(set(chosen)) != len(chosen):
+    what = (f"names no class folder of {root} ({', '.join(missing)})"
+            if missing else "names a class twice")
+    raise DataError(f"data.classes {what}; the classes are "
+                    f"{', '.join(names)}")
+  return chosen
+
+
 def list_folder(d, split: str):
   """(paths, labels, class names) of data.path/<split>/<class>/*.jpg|png.
 
   Labels index the sorted class folders of the training split (of this
-  split, when it is the training split or there is none). Empty class
+  split, when it is the training split or there is none), or the folders
+  data.classes names, in its order (the others are left out). Empty class
   folders are named in a warning (once); a split without images is an error.
   """
   if not d.path:
@@ -204,6 +218,9 @@ def list_folder(d, split: str):
       names = _class_dirs(_split_dir(root, d.train_split, d))
     except DataError:
       pass  # No training split: an eval-only folder labels by its own.
+  if d.get("classes"):
+    names = _chosen_classes(d, names, root)
+    own = [c for c in own if c in names]
   index = {c: i for i, c in enumerate(names)}
   paths, labels, empty = [], [], []
   for c in own:

@@ -390,6 +390,31 @@ def test_folder_source_on_generated_folder(tmp_path):
   np.testing.assert_array_equal(batches[1]["label"], [1, 0, 0, 0])
 
 
+def test_data_classes_keeps_the_named_folders_labelled_in_its_order(
+    tmp_path):
+  ids, labels = id_folder(tmp_path, 12, classes=3, size=4)
+  id_folder(tmp_path, 6, classes=3, size=4, split="val")
+  config = config_for(tmp_path, batch_size=4, classes=("c2", "c0"))
+  info = ip.describe_split(config, "train", 4)
+  assert (info.num_examples, info.class_names) == (8, ("c2", "c0"))
+  _, batches = ip.eval_iterator(config, image_size=4)
+  got = {}
+  for b in batches:
+    for image_id, label, ok in zip(ids_of(b["image"]), b["label"], b["mask"]):
+      if ok:
+        got[int(image_id)] = int(label)
+  # val ids 0-5: classes c0, c1, c2, c0, c1, c2; c2 -> 0, c0 -> 1, no c1.
+  assert got == {0: 1, 2: 0, 3: 1, 5: 0}
+  with pytest.raises(ip.DataError, match=r"names no class folder .*\(c7\)"):
+    ip.describe_split(config_for(tmp_path, classes=("c0", "c7")), "train", 4)
+  with pytest.raises(ip.DataError, match="names a class twice"):
+    ip.describe_split(config_for(tmp_path, classes=("c0", "c0")), "train", 4)
+  synthetic = smoke.get_config()
+  synthetic.data.classes = ("c0",)
+  with pytest.raises(ip.DataError, match="leave it empty"):
+    ip.check_options(synthetic, 32)
+
+
 def test_corrupt_images_are_skipped_and_counted(tmp_path):
   rng = np.random.default_rng(2)
   for i in range(6):
