@@ -61,7 +61,7 @@ class Checkpoints:
   so a run refused by its checks leaves a new workdir as it was.
   """
 
-  def __init__(self, workdir: str, *, max_to_keep: int):
+  def __init__(self, workdir: str, *, max_to_keep: int | None):
     self.latest = ocp.CheckpointManager(
         os.path.join(os.path.abspath(workdir), "checkpoints"),
         options=ocp.CheckpointManagerOptions(
@@ -122,6 +122,18 @@ class Checkpoints:
         meta=ocp.args.JsonRestore()))
     return from_saveable(out["state"], like), out["meta"]
 
+  def restore_partial(self, step: int, like, *, best: bool = False):
+    """Only the arrays of `like`, a part of the saved state's tree (say
+    {"model": {"conv1": ...}}), placed like them; the rest is not read."""
+    mngr = self.best if best else self.latest
+    target = abstract_like(like)
+    out = mngr.restore(step, args=ocp.args.Composite(
+        state=ocp.args.PyTreeRestore(
+            item=target, partial_restore=True,
+            restore_args=ocp.checkpoint_utils.construct_restore_args(
+                target))))
+    return from_saveable(out["state"], like)
+
   def wait(self):
     self.latest.wait_until_finished()
     self.best.wait_until_finished()
@@ -153,7 +165,7 @@ def restore_into(run, ckpts: Checkpoints, step: int, *,
   return meta
 
 
-def _restore_error(error: BaseException) -> str:
+def restore_error(error: BaseException) -> str:
   """What was wrong, in a line: the innermost cause's first line (for a
   damaged file, TensorStore's 'Error reading ... byte range ...')."""
   while (error.__cause__ or error.__context__) is not None:
@@ -163,7 +175,7 @@ def _restore_error(error: BaseException) -> str:
   return text.split(" See full TensorStore details")[0][:240]
 
 
-def _quiet_abandoned_reads():
+def quiet_abandoned_reads():
   """After a restore fails, orbax's reads of the other arrays still finish
   on TensorStore threads and report to an event loop that has closed,
   possibly much later, by three routes: an unraisable exception ('Exception
@@ -217,8 +229,8 @@ def restore_latest(run, ckpts: Checkpoints, *,
       raise
     except Exception as e:  # pylint: disable=broad-except
       # Orbax and TensorStore raise assorted types for unreadable files.
-      _quiet_abandoned_reads()
-      failed.append((step, _restore_error(e)))
+      quiet_abandoned_reads()
+      failed.append((step, restore_error(e)))
       continue
     for bad, why in failed:
       if set_aside and jax.process_count() == 1:
@@ -248,7 +260,18 @@ def check_compatible(meta: dict, config: ml_collections.ConfigDict):
     now.pop(key, None)
   diff = [f"model.{k}={saved.get(k)!r} (now {now.get(k)!r})"
           for k in sorted(set(saved) | set(now)) if saved.get(k) != now.get(k)]
+  # Frozen layers have no optimizer state: the state's tree depends on them.
+  frozen, frozen_now = meta.get("frozen", []), sorted(frozen_layers(config))
+  if frozen != frozen_now:
+    diff.append(f"finetune.freeze={tuple(frozen)!r} (now "
+                f"{tuple(frozen_now)!r})")
   if diff:
     raise ConfigError(f"the workdir holds a checkpoint of a different model: "
                       f"{', '.join(diff)}; use a new --workdir or the same "
-                      f"model config")
+                      f"model config and finetune.freeze")
+
+
+def frozen_layers(config: ml_collections.ConfigDict) -> tuple[str, ...]:
+  """The layers config.finetune.freeze names (none without that block)."""
+  f = config.get("finetune")
+  return tuple(f.freeze) if f else ()

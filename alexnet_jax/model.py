@@ -278,6 +278,7 @@ def from_config(model_config, *, half_precision: bool = False,
       dtype=jnp.bfloat16 if half_precision else jnp.float32, rngs=rngs)
 
 
-def count_params(model: nnx.Module) -> int:
-  """Number of trainable parameters (BatchNorm statistics excluded)."""
-  return sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
+def count_params(model: nnx.Module, wrt=nnx.Param) -> int:
+  """Number of parameters `wrt` selects (all: BatchNorm statistics are not
+  parameters; finetune.trainable: those training changes)."""
+  return sum(x.size for x in jax.tree.leaves(nnx.state(model, wrt)))

@@ -24,42 +24,60 @@ ConfigError = preflight.ConfigError
 SCHEDULES = preflight.SCHEDULES
 
 
-def _scale_by_rate_arg() -> optax.GradientTransformationExtraArgs:
-  """Multiplies updates by -learning_rate, given to each update call."""
+def _per_layer(fn, scales: dict[str, float], *trees):
+  """jax.tree.map(fn(scale, *leaves)) with each leaf's layer's scale (the
+  first key of its path: the model attribute; 1 where scales has none)."""
+  def layer(path):
+    return getattr(path[0], "key", None) if path else None
+  return jax.tree_util.tree_map_with_path(
+      lambda path, *leaves: fn(scales.get(layer(path), 1.0), *leaves),
+      *trees)
+
+
+def _scale_by_rate_arg(scales: dict[str, float]
+                       ) -> optax.GradientTransformationExtraArgs:
+  """Multiplies updates by -learning_rate (given to each update call) times
+  the layer's scale (finetune.lr_scale)."""
   def update(updates, state, params=None, *, learning_rate, **extra):
     del params, extra
-    return jax.tree.map(lambda u: -learning_rate * u, updates), state
+    return _per_layer(lambda s, u: -learning_rate * s * u, scales,
+                      updates), state
   return optax.GradientTransformationExtraArgs(
       lambda params: optax.EmptyState(), update)
 
 
-def _decoupled_decay(rate: float, mask) -> optax.GradientTransformation:
-  """Adds -learning_rate * rate * w to the final update."""
+def _decoupled_decay(rate: float, mask, scales: dict[str, float]
+                     ) -> optax.GradientTransformation:
+  """Adds -learning_rate * (layer scale) * rate * w to the final update."""
   def update(updates, state, params, *, learning_rate, **extra):
     del extra
-    updates = jax.tree.map(lambda u, w: u - learning_rate * rate * w,
-                           updates, params)
+    updates = _per_layer(lambda s, u, w: u - learning_rate * s * rate * w,
+                         scales, updates, params)
     return updates, state
   tx = optax.GradientTransformationExtraArgs(
       lambda params: optax.EmptyState(), update)
   return optax.masked(tx, mask) if mask is not None else tx
 
 
-def create_optimizer(optim: ml_collections.ConfigDict
+def create_optimizer(optim: ml_collections.ConfigDict,
+                     layer_scales: dict[str, float] | None = None
                      ) -> optax.GradientTransformationExtraArgs:
   """SGD with momentum and weight decay as configured (paper by default).
 
-  `update` takes the current rate as `learning_rate=`.
+  `update` takes the current rate as `learning_rate=`. layer_scales
+  ({model attribute: multiplier}, finetune.py) multiplies a layer's rate as
+  the rate itself does: as each gradient enters the velocity.
   """
+  scales = dict(layer_scales or {})
   # Decay applies to every parameter, or (decay_biases=False) to kernels only.
   mask = None if optim.decay_biases else (
       lambda params: jax.tree.map(lambda w: w.ndim > 1, params))
-  sgd = [_scale_by_rate_arg(), optax.trace(optim.momentum)]
+  sgd = [_scale_by_rate_arg(scales), optax.trace(optim.momentum)]
   mode, wd = optim.weight_decay_mode, optim.weight_decay
   if mode == "coupled":
     return optax.chain(optax.add_decayed_weights(wd, mask), *sgd)
   if mode == "decoupled":
-    return optax.chain(*sgd, _decoupled_decay(wd, mask))
+    return optax.chain(*sgd, _decoupled_decay(wd, mask, scales))
   if mode == "none":
     return optax.chain(*sgd)
   raise ConfigError(f"optim.weight_decay_mode must be coupled, decoupled or "

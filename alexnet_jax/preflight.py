@@ -17,6 +17,7 @@ import ml_collections
 from flax import nnx
 
 from alexnet_jax import input_pipeline
+from alexnet_jax import layers
 from alexnet_jax import model as model_lib
 from alexnet_jax import sharding
 
@@ -71,6 +72,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
        f"optim.plateau_patience must be >= 1, got {o.plateau_patience}")
   need(_finite(o.plateau_factor) and 0 < o.plateau_factor <= 1,
        f"optim.plateau_factor must be in (0, 1], got {o.plateau_factor}")
+  problems += finetune_problems(config)
   if problems:
     raise ConfigError("; ".join(problems))
   try:  # The model's own checks (names, sizes), without allocating it.
@@ -78,6 +80,25 @@ def check_config(config: ml_collections.ConfigDict) -> None:
                                                  rngs=nnx.Rngs(0)))
   except ValueError as e:
     raise ConfigError(str(e)) from None
+
+
+def finetune_problems(config: ml_collections.ConfigDict) -> list[str]:
+  """The finetune block's (finetune.py) problems, as lines."""
+  f = config.get("finetune")
+  if f is None:
+    return []
+  problems = []
+  for field in ("keep", "freeze"):
+    if isinstance(f[field], str) or any(n not in layers.NAMES
+                                        for n in f[field]):
+      problems.append(f"finetune.{field} must be a tuple of layer names "
+                      f"({', '.join(layers.NAMES)}), got {f[field]!r}")
+  bad = [f"{n}={s!r}" for n, s in f.lr_scale.items()
+         if n not in layers.NAMES or not (_finite(s) and s >= 0)]
+  if bad:
+    problems.append(f"finetune.lr_scale must map layer names to numbers "
+                    f">= 0, got {', '.join(bad)}")
+  return problems
 
 
 def check_workdir(workdir: str) -> None:

@@ -29,13 +29,15 @@ def topk_correct(scores: jax.Array, labels: jax.Array, k: int) -> jax.Array:
   return ok.astype(jnp.float32)
 
 
-def make_steps(model_graph, opt_graph, eval_graph):
+def make_steps(model_graph, opt_graph, eval_graph, wrt=nnx.Param):
   """Pure jitted train and eval steps over split NNX state.
 
   train_step(model_state, opt_state, batch, learning_rate) donates both
-  states. eval_step(model_state, batch) returns masked sums; a batch whose
-  images are (B, crops, H, W, 3) is scored by the softmax averaged over the
-  crops (the paper's 10-crop test).
+  states and differentiates the parameters `wrt` selects (the optimizer's
+  filter: all but the frozen layers', finetune.py), so no gradient is
+  computed for the others. eval_step(model_state, batch) returns masked
+  sums; a batch whose images are (B, crops, H, W, 3) is scored by the
+  softmax averaged over the crops (the paper's 10-crop test).
   """
 
   def train_step(model_state, opt_state, batch, learning_rate):
@@ -51,7 +53,7 @@ def make_steps(model_graph, opt_graph, eval_graph):
       return jnp.sum(cross_entropy(logits, batch["label"]) * mask) / count, (
           logits)
 
-    grad_fn = nnx.value_and_grad(loss_fn, argnums=nnx.DiffState(0, nnx.Param),
+    grad_fn = nnx.value_and_grad(loss_fn, argnums=nnx.DiffState(0, wrt),
                                  has_aux=True)
     (loss, logits), grads = grad_fn(model)
     optimizer.update(model, grads, learning_rate=learning_rate)

@@ -19,6 +19,7 @@ import ml_collections
 from flax import nnx
 
 from alexnet_jax import checkpoint as checkpoint_lib
+from alexnet_jax import finetune
 from alexnet_jax import input_pipeline
 from alexnet_jax import model as model_lib
 from alexnet_jax import optim
@@ -43,8 +44,10 @@ def create_train_state(config: ml_collections.ConfigDict):
                                   rngs=nnx.Rngs(config.seed))
   except ValueError as e:
     raise ConfigError(str(e)) from None
-  optimizer = nnx.Optimizer(model, optim.create_optimizer(config.optim),
-                            wrt=nnx.Param)
+  optimizer = nnx.Optimizer(
+      model, optim.create_optimizer(config.optim,
+                                    finetune.layer_scales(config)),
+      wrt=finetune.trainable(config))
   model.eval()
   eval_graph, _ = nnx.split(model)
   model.train()
@@ -71,6 +74,7 @@ class Run:
   image_size: int
   num_params: int
   eval_graph: Any = None  # The model's eval-mode graph (predict's forward).
+  num_trained: int | None = None  # Parameters training changes (not frozen).
 
 
 def setup(config: ml_collections.ConfigDict) -> Run:
@@ -85,9 +89,12 @@ def setup(config: ml_collections.ConfigDict) -> Run:
         model_state, sharding.state_shardings(model_state, mesh))
     opt_state = sharding.place(opt_state,
                                sharding.state_shardings(opt_state, mesh))
-  train_step, eval_step = steps.make_steps(model_graph, opt_graph, eval_graph)
+  wrt = finetune.trainable(config)
+  train_step, eval_step = steps.make_steps(model_graph, opt_graph, eval_graph,
+                                           wrt=wrt)
   return Run(config, mesh, model_state, opt_state, train_step, eval_step,
-             model.image_size, model_lib.count_params(model), eval_graph)
+             model.image_size, model_lib.count_params(model), eval_graph,
+             model_lib.count_params(model, wrt))
 
 
 # ---------------------------------------------------------------- loops
@@ -146,6 +153,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       workdir, max_to_keep=config.max_checkpoints_to_keep)
   try:
     meta = checkpoint_lib.restore_latest(run, ckpts, set_aside=True) or {}
+    if not meta and config.finetune.init_from:
+      # A new run: the pretrained layers, once; its checkpoints hold them.
+      meta = {"initialized_from": finetune.initialize(run, config)}
     os.makedirs(workdir, exist_ok=True)
     log = progress.MetricsLog(workdir)
     try:
@@ -193,6 +203,7 @@ class _Loop:
                        else self.steps_per_epoch)
     self.window = progress.Window(self.start, self.num_steps,
                                   config.batch_size)
+    self.initialized_from = meta.get("initialized_from")
     self.last = {}
 
   def train(self) -> dict[str, Any]:
@@ -200,6 +211,11 @@ class _Loop:
     config, run, start = self.config, self.run, self.start
     if start:
       self.log.info(f"resuming from the checkpoint at step {start}")
+    elif self.initialized_from:
+      src = self.initialized_from
+      self.log.info(f"fine-tuning: {', '.join(src['layers'])} from step "
+                    f"{src['step']} of {src['workdir']}; the other layers "
+                    f"start from model.init={config.model.init}")
     write_config(config, self.workdir)
     with jax.set_mesh(run.mesh), progress.StopRequest() as stop:
       if self.eval_pending:
@@ -213,8 +229,11 @@ class _Loop:
                       f"num_train_steps {self.num_steps}: nothing to train "
                       f"(--mode=eval evaluates it)")
         return {"step": start, **self.last}
+      frozen = checkpoint_lib.frozen_layers(config)
+      trained = (f" ({run.num_trained:,} trained; {', '.join(frozen)} "
+                 f"frozen)" if frozen else "")
       self.log.info(
-          f"model: {run.num_params:,} parameters, {run.image_size}x"
+          f"model: {run.num_params:,} parameters{trained}, {run.image_size}x"
           f"{run.image_size} input; {self.num_steps} steps "
           f"({self.steps_per_epoch} per epoch) at batch {config.batch_size} "
           f"on mesh {dict(run.mesh.shape)}")
@@ -286,7 +305,10 @@ class _Loop:
             "best_eval_top1_error": self.best,
             "eval_pending": self.eval_pending,
             "model_config": self.config.model.to_dict(),
+            "frozen": sorted(checkpoint_lib.frozen_layers(self.config)),
             "class_names": self.class_names}
+    if self.initialized_from:
+      meta["initialized_from"] = self.initialized_from
     self.ckpts.save(step, checkpoint_lib.run_state(self.run), meta,
                     best_metrics={"eval_top1_error": self.best} if best
                     else None)

@@ -60,6 +60,9 @@ def get_config(arg=None):
   d.manual_dir = config_dict.placeholder(str)
   d.download = False  # Let TFDS download a data set that is not prepared.
   d.path = config_dict.placeholder(str)  # source=folder: holds train/, val/.
+  # source=folder: the class folders to use, labelled in this order (a
+  # subset, e.g. for a transfer experiment); () uses every class folder.
+  d.classes = ()
   d.train_split = "train"
   d.eval_split = "validation"  # TFDS name; a folder's val/ or test/.
   d.hint = ""  # Appended to a missing-data error: how to get the data.
@@ -109,6 +112,19 @@ def get_config(arg=None):
   # Linear warmup before any schedule (0: none, as the paper; the cosine
   # schedule then decays from the end of the warmup).
   o.warmup_epochs = 0.0
+
+  # Fine-tuning (alexnet_jax/finetune.py): a new run whose layers in `keep`
+  # start from another workdir's checkpoint (a trained run, or one written
+  # by `python -m alexnet_jax.convert`); the rest (fc8, sized for this run's
+  # classes) from model.init. Read once, when the run has no checkpoint.
+  config.finetune = f = ml_collections.ConfigDict()
+  f.init_from = config_dict.placeholder(str)  # A workdir; None: no loading.
+  f.best = False  # Its best checkpoint instead of its latest.
+  f.keep = ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7")
+  f.freeze = ()  # Layers never updated (their gradients are not computed).
+  # Each layer's learning rate is optim.learning_rate x its lr_scale.
+  f.lr_scale = ml_collections.ConfigDict({name: 1.0 for name in (
+      "conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "fc8")})
 
   config.mesh = mesh = ml_collections.ConfigDict()
   mesh.data = -1  # -1: all devices not used by `model`.

@@ -21,7 +21,7 @@ from configs import ablation_activation
 from configs import ablation_cifar10
 from configs import ablation_imagenet
 from configs import torchvision
-from configs import cifar10, default, smoke
+from configs import cifar10, default, finetune_cifar10, smoke
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
@@ -153,7 +153,11 @@ def test_topk_correct_counts_ties_against():
                                         (ablation_cifar10, "towers,batchnorm"),
                                         (ablation_imagenet, "imagenette"),
                                         (ablation_activation, None),
-                                        (torchvision, None)])
+                                        (torchvision, None),
+                                        (finetune_cifar10, None),
+                                        (finetune_cifar10, "pretrain"),
+                                        (finetune_cifar10, "scratch"),
+                                        (finetune_cifar10, "torchvision")])
 def test_configs_load(module, arg):
   config = module.get_config(arg)
   assert isinstance(config, ml_collections.ConfigDict)
