@@ -118,7 +118,9 @@ def test_the_checkpoint_carries_imagenet_names_and_the_config(converted):
   assert meta["model_config"]["preset"] == "torchvision"
   assert meta["class_names"] == [f"class {i}" for i in range(NUM_CLASSES)]
   names = convert.imagenet_names(1000)
-  assert len(names) == 1000 and names[0] == "n01440764"
+  assert len(names) == 1000 and len(set(names)) == 1000
+  assert names[0] == "tench (n01440764)"
+  assert names[-1] == "toilet tissue (n15075141)"
   assert convert.imagenet_names(NUM_CLASSES)[3] == "class 3"
 
 
@@ -157,3 +159,64 @@ def test_convert_errors_are_one_line(tmp_path):
   assert not (tmp_path / "w").exists()
   with pytest.raises(convert.ConfigError, match="no such file"):
     convert.load_state_dict(str(tmp_path / "missing.pth"))
+
+
+def test_imported_weights_fine_tune_to_new_classes(converted, tmp_path):
+  """configs/finetune_cifar10.py:torchvision on a 3-class folder: conv1-fc7
+  start as torch's, fc8 is new (3 outputs), the frozen layers stay torch's
+  and fc7 trains."""
+  from alexnet_jax import train
+  from configs import finetune_cifar10
+  from tests.test_checkpoint import saved_state
+  root, net = converted
+  for split, n in (("train", 6), ("test", 3)):
+    for i in range(n):
+      (tmp_path / "data" / split / f"k{i % 3}").mkdir(parents=True,
+                                                      exist_ok=True)
+      photo(tmp_path / "data" / split / f"k{i % 3}" / f"{i}.png", 48, 40, i)
+  c = finetune_cifar10.get_config("torchvision")
+  c.data.path = str(tmp_path / "data")
+  c.model.num_classes = 3
+  c.batch_size, c.num_train_steps = 8, 2  # 8 fake devices.
+  c.finetune.init_from = str(root / "work")
+  c.finetune.freeze = ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6")
+  train.train_and_evaluate(c, str(tmp_path / "ft"))
+  model = saved_state(tmp_path / "ft", 2)["model"]
+  sd = net.state_dict()
+  np.testing.assert_array_equal(model["conv1"]["kernel"],
+                                sd["features.0.weight"].numpy().transpose(
+                                    2, 3, 1, 0))
+  np.testing.assert_array_equal(model["fc6"]["bias"],
+                                sd["classifier.1.bias"].numpy())
+  assert not np.array_equal(model["fc7"]["kernel"],
+                            sd["classifier.4.weight"].numpy().T)
+  assert model["fc8"]["kernel"].shape == (4096, 3)
+
+
+def test_export_gives_back_the_state_dict_torch_loads(converted, tmp_path):
+  """Import then export: torchvision's own state_dict, bit for bit, and a
+  torchvision-layout network loads it strictly."""
+  import torch
+  root, net = converted
+  out = tmp_path / "back.pth"
+  assert convert.export(config(), str(root / "work"), str(out)) == 0
+  back = torch.load(out, weights_only=True)
+  want = net.state_dict()
+  assert sorted(back) == sorted(want)
+  for key, value in want.items():
+    assert back[key].dtype == torch.float32
+    assert torch.equal(back[key], value), key
+  torchvision_alexnet(NUM_CLASSES).load_state_dict(back, strict=True)
+  with pytest.raises(convert.ConfigError, match="exists"):
+    convert.export(config(), str(root / "work"), str(out))
+
+
+def test_export_needs_one_direction(tmp_path):
+  proc = subprocess.run(
+      [sys.executable, "-m", "alexnet_jax.convert", f"--workdir={tmp_path}"],
+      cwd=ROOT, capture_output=True, text=True, check=False,
+      env=dict(os.environ, JAX_PLATFORMS="cpu"))
+  assert proc.returncode == 2
+  assert proc.stderr.strip().splitlines() == [
+      "error: give one of --torchvision=FILE.pth (import) and "
+      "--to_torchvision=FILE.pth (export)"]
