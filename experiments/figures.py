@@ -9,9 +9,11 @@ the towers side by side (the paper saw colour-agnostic kernels on one GPU
 and colour-specific ones on the other). Each kernel is stretched to the
 full 0-255 range on its own, then enlarged by a whole factor.
 
-neighbours (Figure 4): for the first --queries images of --split (default:
-the config's eval split), the --k training images nearest by Euclidean
-distance between fc7 features (the 4096-d output of fc7's ReLU, eval mode),
+neighbours (Figure 4): for --queries images of --split (default: the
+config's eval split), one of each class as far as the split has classes
+(the first of each in evaluation order), the --k training images nearest
+by Euclidean distance between fc7 features (the 4096-d output of fc7's
+ReLU, eval mode),
 as a PNG grid (query, then its neighbours nearest first, one row per query)
 and OUT.json with the indices (in the order the training split is
 evaluated), labels and distances. The training split is read twice: for
@@ -132,31 +134,38 @@ def filters(config, workdir: str, out: str, best: bool = False) -> str:
 def nearest(train_features: jax.Array, query_features: jax.Array, k: int,
             chunk: int = 8192):
   """(distances, indices), each (queries, k), nearest first: the Euclidean
-  distance from each query to every training feature, in chunks."""
-  q = jnp.asarray(query_features, jnp.float32)
+  distance from each query to every training feature, in chunks.
+
+  Candidates come from |q|^2 - 2 q.t + |t|^2 (one matmul per chunk), which
+  loses digits to cancellation when two features are close relative to
+  their norms. So the features are first moved by the queries' mean (fc7's
+  ReLU outputs share a large positive part; distances do not change), and
+  the distances of the best few candidates per chunk are computed directly
+  from q - t: the order and the distances returned are float32 differences'.
+  """
+  shift = jnp.mean(jnp.asarray(query_features, jnp.float32), axis=0)
+  q = jnp.asarray(query_features, jnp.float32) - shift
   q2 = jnp.sum(q * q, axis=1, keepdims=True)
   best_d = jnp.full((q.shape[0], 0), jnp.inf)
   best_i = jnp.zeros((q.shape[0], 0), jnp.int32)
   for start in range(0, train_features.shape[0], chunk):
-    t = jnp.asarray(train_features[start:start + chunk], jnp.float32)
+    t = jnp.asarray(train_features[start:start + chunk], jnp.float32) - shift
     # Full float32 matmul: TF32 or bfloat16 passes on an accelerator would
-    # spoil the cancellation in |q|^2 - 2 q.t + |t|^2.
+    # spoil the cancellation further.
     cross = jnp.matmul(q, t.T, precision=jax.lax.Precision.HIGHEST)
     d2 = q2 - 2 * cross + jnp.sum(t * t, axis=1)[None]
-    d = jnp.concatenate([best_d, jnp.sqrt(jnp.maximum(d2, 0))], axis=1)
-    i = jnp.concatenate(
-        [best_i, jnp.broadcast_to(jnp.arange(start, start + t.shape[0],
-                                             dtype=jnp.int32), d2.shape)], 1)
+    _, cand = jax.lax.top_k(-d2, min(4 * k + 16, t.shape[0]))
+    exact = jnp.sqrt(jnp.sum((q[:, None, :] - t[cand]) ** 2, axis=-1))
+    d = jnp.concatenate([best_d, exact], axis=1)
+    i = jnp.concatenate([best_i, (cand + start).astype(jnp.int32)], axis=1)
     neg, pos = jax.lax.top_k(-d, min(k, d.shape[1]))
     best_d, best_i = -neg, jnp.take_along_axis(i, pos, axis=1)
   return np.asarray(best_d), np.asarray(best_i)
 
 
-def split_features(run, split: str, limit: int = 0, images_of=None):
-  """(fc7 features, labels, images) of a split's center crops, in its
-  evaluation order; `limit` > 0 stops after that many. images_of: the
-  indices whose images to keep ({index: image}; None: all, for the few
-  queries), so a pass over a large training split keeps only features."""
+def _rows(run, split: str):
+  """(index, fc7 feature, label, image) of each image of a split's center
+  crops, in its evaluation order, computed a batch at a time."""
   config = run.config.copy_and_resolve_references()
   with config.unlocked():
     config.data.eval_split, config.data.eval_crops = split, 1
@@ -169,22 +178,53 @@ def split_features(run, split: str, limit: int = 0, images_of=None):
 
   _, batches = input_pipeline.eval_iterator(config,
                                             image_size=run.image_size)
-  feats, labels, images, seen = [], [], {}, 0
+  seen = 0
   with jax.set_mesh(run.mesh):
     for batch in batches:
       keep = np.asarray(batch["mask"], bool)
-      feats.append(np.asarray(fc7(run.model_state, batch["image"]))[keep])
-      labels.append(np.asarray(batch["label"])[keep])
-      for j, image in enumerate(np.asarray(batch["image"])[keep]):
-        wanted = (seen + j < limit if limit else True) if images_of is None \
-            else seen + j in images_of
-        if wanted:
-          images[seen + j] = image
-      seen += int(keep.sum())
-      if limit and seen >= limit:
+      feats = np.asarray(fc7(run.model_state, batch["image"]))[keep]
+      labels = np.asarray(batch["label"])[keep]
+      images = np.asarray(batch["image"])[keep]
+      for j in range(len(labels)):
+        yield seen + j, feats[j], int(labels[j]), images[j]
+      seen += len(labels)
+
+
+def split_features(run, split: str, limit: int = 0, images_of=None):
+  """(fc7 features, labels, images) of a split's center crops, in its
+  evaluation order; `limit` > 0 stops after that many. images_of: the
+  indices whose images to keep ({index: image}; None: all, for the few
+  queries), so a pass over a large training split keeps only features."""
+  feats, labels, images = [], [], {}
+  for i, feat, label, image in _rows(run, split):
+    if limit and i >= limit:
+      break
+    feats.append(feat)
+    labels.append(label)
+    if images_of is None or i in images_of:
+      images[i] = image
+  return np.stack(feats), np.asarray(labels), images
+
+
+def pick_queries(run, split: str, n: int):
+  """(indices, fc7 features, labels, images) of n query images: the first
+  image of each class in the split's evaluation order until n classes are
+  found (reading stops there), then, for a split with fewer classes, its
+  first other images in order."""
+  first, others = {}, []
+  for i, feat, label, image in _rows(run, split):
+    if label not in first and len(first) < n:
+      first[label] = (i, feat, label, image)
+      if len(first) == n:
         break
-  cut = slice(0, limit or None)
-  return np.concatenate(feats)[cut], np.concatenate(labels)[cut], images
+    elif len(others) < n:
+      others.append((i, feat, label, image))
+  chosen = sorted(list(first.values()) + others[:n - len(first)],
+                  key=lambda row: row[0])
+  if not chosen:
+    return [], np.zeros((0, 0)), np.zeros(0, int), []
+  idx, feats, labels, images = zip(*chosen)
+  return list(idx), np.stack(feats), np.asarray(labels), list(images)
 
 
 def displayable(config, images: np.ndarray) -> np.ndarray:
@@ -220,7 +260,7 @@ def neighbours(config, workdir: str, out: str, *, split: str | None,
   split = split or config.data.eval_split
   train_split = config.data.train_split
   # The queries first: a bad --split fails before the long training pass.
-  query_f, query_y, query_x = split_features(run, split, queries)
+  query_i, query_f, query_y, query_x = pick_queries(run, split, queries)
   train_f, train_y, _ = split_features(run, train_split, max_train, set())
   dist, idx = nearest(train_f, query_f, k)
   _, _, train_x = split_features(run, train_split, max_train,
@@ -231,7 +271,7 @@ def neighbours(config, workdir: str, out: str, *, split: str | None,
   rows = []
   for q in range(len(query_f)):
     result["queries"].append({
-        "index": q, "label": label(query_y[q]),
+        "index": query_i[q], "label": label(query_y[q]),
         "neighbours": [{"index": int(i), "label": label(train_y[i]),
                         "distance": float(d)}
                        for i, d in zip(idx[q], dist[q])]})

@@ -196,6 +196,14 @@ def test_nearest_equals_a_brute_force_search():
   full = np.linalg.norm(query_f[:, None] - train_f[None], axis=2)
   np.testing.assert_array_equal(idx, np.argsort(full, axis=1)[:, :5])
   np.testing.assert_allclose(dist, np.sort(full, axis=1)[:, :5], rtol=1e-4)
+  # Features far from the origin and close to each other (as fc7's ReLU
+  # outputs are): the expansion |q|^2 - 2 q.t + |t|^2 alone would order
+  # them by rounding noise.
+  train_f, query_f = 300 + 0.01 * train_f, 300 + 0.01 * query_f
+  dist, idx = figures.nearest(train_f, query_f, 5, chunk=7)
+  full = np.linalg.norm(query_f[:, None] - train_f[None], axis=2)
+  np.testing.assert_array_equal(idx, np.argsort(full, axis=1)[:, :5])
+  np.testing.assert_allclose(dist, np.sort(full, axis=1)[:, :5], rtol=1e-3)
 
 
 def test_neighbours_png_and_json_from_fc7_features(trained, tmp_path):
@@ -205,13 +213,21 @@ def test_neighbours_png_and_json_from_fc7_features(trained, tmp_path):
                               split="val", queries=3, k=4)
   run, _ = figures.restore(config, str(root / "work"))
   train_f, train_y, none = figures.split_features(run, "train", 0, set())
-  query_f, query_y, shown = figures.split_features(run, "val", 3)
-  assert none == {} and sorted(shown) == [0, 1, 2]
+  val_f, val_y, shown = figures.split_features(run, "val")
+  assert none == {} and sorted(shown) == list(range(len(val_y)))
+  # One query of each class: the first of each in the split's order.
+  first = [int(np.flatnonzero(val_y == c)[0]) for c in range(3)]
+  assert [q["index"] for q in result["queries"]] == sorted(first)
+  assert len({q["label"] for q in result["queries"]}) == 3
+  query_f = val_f[sorted(first)]
   assert train_f.shape == (72, 512) and query_f.shape == (3, 512)  # fc7.
   full = np.linalg.norm(query_f[:, None] - train_f[None], axis=2)
   for q, entry in enumerate(result["queries"]):
     got = [n["index"] for n in entry["neighbours"]]
-    assert got == list(np.argsort(full[q])[:4])
+    # The k nearest (images of one colour nearly tie: compare distances).
+    np.testing.assert_allclose(full[q][got], np.sort(full[q])[:4], rtol=1e-5)
+    np.testing.assert_allclose([n["distance"] for n in entry["neighbours"]],
+                               full[q][got], rtol=1e-5)
     # Learnt colours: the nearest training images share the query's class.
     assert {n["label"] for n in entry["neighbours"]} == {entry["label"]}
   assert json.loads(out.with_suffix(".json").read_text()) == result
