@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+import sys
 
 import numpy as np
 from absl import logging
@@ -42,9 +43,32 @@ class Split:
   class_names: tuple[str, ...] = ()
 
 
+def _import_tf_quietly():
+  """import tensorflow, with what its C++ side prints while loading kept
+  off stderr: on some CPUs (AVX-512) absl's "All log messages before
+  absl::InitializeLog() ..." and INFO lines (oneDNN's notice, the CPU
+  feature guard), which TF_CPP_MIN_LOG_LEVEL does not silence and which
+  would stand before a command's one-line error. An import that fails still
+  raises its Python error."""
+  if "tensorflow" in sys.modules or os.environ.get(
+      "TF_CPP_MIN_LOG_LEVEL") == "0":  # Loaded, or the user wants it all.
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    return tf
+  sys.stderr.flush()
+  saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+  try:
+    os.dup2(devnull, 2)
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  finally:
+    os.dup2(saved, 2)
+    os.close(saved)
+    os.close(devnull)
+  return tf
+
+
 def lazy_tf():
   """TensorFlow, imported on first use (synthetic runs never pay for it)."""
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  tf = _import_tf_quietly()
   if not getattr(lazy_tf, "done", False):
     lazy_tf.done = True
     try:
