@@ -24,6 +24,7 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
+from alexnet_jax import finetune
 from alexnet_jax import layers
 from alexnet_jax import model as model_lib
 from alexnet_jax import sharding
@@ -168,7 +169,8 @@ def analyze(config: ml_collections.ConfigDict, *,
                                       jnp.float32, sharding=rows),
         "label": jax.ShapeDtypeStruct((b,), jnp.int32, sharding=rows),
         "mask": jax.ShapeDtypeStruct((b,), jnp.bool_, sharding=rows)}
-    train_step, _ = steps.make_steps(model_graph, opt_graph, eval_graph)
+    train_step, _ = steps.make_steps(model_graph, opt_graph, eval_graph,
+                                     wrt=finetune.trainable(config))
     forward = jax.jit(lambda s, x: nnx.merge(eval_graph, s)(x))
     fwd = forward.lower(model_abs, batch_abs["image"]).compile(
         compiler_options)
