@@ -41,13 +41,16 @@ def error_at(s: dict, step: int) -> float | None:
 
 
 def table(runs: dict[str, dict]) -> str:
-  """A markdown table: the error after each quarter of the run, the best,
-  the median training images/s, and the difference to the first run."""
-  last = max(s["steps"] for s in runs.values())
-  points = sorted({max(1, round(last * q / 4)) for q in (1, 2, 3, 4)})
+  """A markdown table: the error at the first run's evaluations nearest to
+  each quarter of it, the best, the difference to the first run at the end
+  and the median training images/s as run."""
   base = next(iter(runs.values()))
-  head = (["run"] + [f"error @ step {p}" for p in points] +
-          ["best", "vs first run (final)", "train images/s"])
+  evals = {e["step"]: e["epoch"] for e in base["epochs"]}
+  points = sorted({min(evals, key=lambda st: abs(st - base["steps"] * q / 4))
+                   for q in (1, 2, 3, 4)})
+  head = (["run"] + [f"error, step {p} (epoch {evals[p]:.2f})"
+                     for p in points] +
+          ["best", "vs first run (end)", "train images/s (as run)"])
   lines = ["| " + " | ".join(head) + " |",
            "|" + "---|" * len(head)]
   for label, s in runs.items():
