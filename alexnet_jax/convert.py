@@ -149,7 +149,7 @@ def export(config, workdir: str, path: str, *, best: bool = False) -> int:
     raise ConfigError(f"--to_torchvision: {path} exists; give a new file")
   run, meta = train.restore_trained(config, workdir, best=best)
   params = jax.device_get(nnx.to_pure_dict(run.model_state))
-  state_dict = {k: torch.from_numpy(v) for k, v in
+  state_dict = {k: torch.from_numpy(np.array(v)) for k, v in  # Writable.
                 to_torchvision(params, geometry).items()}
   torch.save(state_dict, path)
   return meta["step"]

@@ -35,8 +35,14 @@ def run_benchmark(*args):
                         text=True, check=False)
 
 
-def test_tiny_train_benchmark_runs_and_prints_its_table():
-  peers = "eager,module,channels_last,compile"
+# torch.compile (inductor compiling C++) alone took 40 of this test's 75
+# seconds on 2 cores: the default run times the eager peers, the slow run
+# adds it.
+@pytest.mark.parametrize("peers", [
+    "eager,module,channels_last",
+    pytest.param("eager,module,channels_last,compile",
+                 marks=pytest.mark.slow)])
+def test_tiny_train_benchmark_runs_and_prints_its_table(peers):
   args = TINY + ["--json"] + (["--compare-torch", f"--torch_peers={peers}"]
                               if HAS_TORCH else [])
   proc = run_benchmark("--what=train", *args)
@@ -53,18 +59,21 @@ def test_tiny_train_benchmark_runs_and_prints_its_table():
   assert "images/s" in table and "GFLOP/s" in table and "compile" in table
   assert table.splitlines()[4].split()[0] == "jax"
   if HAS_TORCH:  # A row for each peer, in the order asked for.
-    names = ["torch", "torch_module", "torch_channels_last", "torch_compile"]
+    names = [benchmark.TORCH_PEERS[p][0] for p in peers.split(",")]
     assert list(result["rows"]) == ["jax"] + names
-    assert [line.split()[0] for line in table.splitlines()[5:9]] == names
+    assert [line.split()[0] for line in
+            table.splitlines()[5:5 + len(names)]] == names
     assert result["torch_params"] == result["params"]
     assert all(result["rows"][n]["images_per_s"] > 0 for n in names)
-    assert result["rows"]["torch_compile"]["compile_s"] >= 0
+    if "torch_compile" in names:
+      assert result["rows"]["torch_compile"]["compile_s"] >= 0
+      assert "torch.compile" in table
     assert "compile_s" not in result["rows"]["torch"]
     rates = {n: result["rows"][n]["images_per_s"] for n in names}
     assert result["fastest_peer"] == max(rates, key=rates.get)
     assert result["ratio_jax_over_fastest_peer"] == pytest.approx(
         result["rows"]["jax"]["images_per_s"] / max(rates.values()))
-    assert "LocalResponseNorm" in table and "torch.compile" in table
+    assert "LocalResponseNorm" in table
     assert "JAX / fastest PyTorch" in table
 
 
