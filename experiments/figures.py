@@ -33,6 +33,7 @@ import sys
 
 from absl import app
 from absl import flags
+from absl import logging
 from ml_collections import config_flags
 import ml_collections
 
@@ -290,6 +291,8 @@ def main(argv):
   if len(argv) != 2 or argv[1] not in ("filters", "neighbours"):
     print("error: give one command, filters or neighbours", file=sys.stderr)
     return 2
+  if not FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)  # orbax's INFO lines.
   command, workdir = argv[1], FLAGS.workdir
   try:
     config = load_config(workdir, FLAGS.config)
