@@ -153,7 +153,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       workdir, max_to_keep=config.max_checkpoints_to_keep)
   try:
     meta = checkpoint_lib.restore_latest(run, ckpts, set_aside=True) or {}
-    if not meta and config.finetune.init_from:
+    if not meta and config.get("finetune") and config.finetune.init_from:
       # A new run: the pretrained layers, once; its checkpoints hold them.
       meta = {"initialized_from": finetune.initialize(run, config)}
     os.makedirs(workdir, exist_ok=True)
