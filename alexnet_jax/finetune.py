@@ -30,7 +30,6 @@ import sys
 
 import jax
 import ml_collections
-import orbax.checkpoint as ocp
 from flax import nnx
 
 from alexnet_jax import checkpoint as checkpoint_lib
