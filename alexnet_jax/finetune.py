@@ -69,7 +69,7 @@ def layer_scales(config: ml_collections.ConfigDict) -> dict[str, float]:
           for m in modules_of(l)}
 
 
-def _source(config) -> tuple[str, checkpoint_lib.Checkpoints, bool]:
+def _source(config) -> tuple[str, checkpoint_lib.Checkpoints]:
   f = config.finetune
   where = os.path.abspath(os.path.expanduser(f.init_from))
   sub = "checkpoints_best" if f.best else "checkpoints"
@@ -78,30 +78,30 @@ def _source(config) -> tuple[str, checkpoint_lib.Checkpoints, bool]:
     raise ConfigError(f"finetune.init_from: {f.init_from} holds no "
                       f"{kind}checkpoints ({sub}/); give the workdir of a "
                       f"trained run or of `python -m alexnet_jax.convert`")
-  return where, checkpoint_lib.Checkpoints(where, max_to_keep=None), f.best
+  return where, checkpoint_lib.Checkpoints(where, max_to_keep=None)
 
 
-def _pure_shapes(model_config) -> dict:
-  """{module: {leaf path: shape}} of a model config's state, unallocated."""
-  state = nnx.state(nnx.eval_shape(
-      lambda: model_lib.from_config(model_config, rngs=nnx.Rngs(0))))
-  pure = nnx.to_pure_dict(state)
+def _shapes(pure: dict) -> dict:
+  """{module: {leaf path: shape}} of a model state's pure dict."""
   return {name: {"".join(f".{k.key}" for k in p): tuple(x.shape) for p, x in
                  jax.tree_util.tree_flatten_with_path(tree)[0]}
           for name, tree in pure.items()}
 
 
-def _check_shapes(config, source_model: dict, where: str, kept: tuple):
+def _check_shapes(config, source_model: dict, where: str, want: dict):
+  """Each module of `want` ({module: {leaf: shape}}, this run's kept
+  modules) has the same shapes in the checkpoint's model."""
   # Fields the checkpoint predates take this config's values.
   try:
-    have = _pure_shapes(ml_collections.ConfigDict(
-        {**config.model.to_dict(), **source_model}))
+    have = _shapes(nnx.to_pure_dict(nnx.state(nnx.eval_shape(
+        lambda: model_lib.from_config(ml_collections.ConfigDict(
+            {**config.model.to_dict(), **source_model}),
+                                      rngs=nnx.Rngs(0))))))
   except (ValueError, TypeError, KeyError, AttributeError) as e:
     raise ConfigError(f"finetune.init_from: the checkpoint in {where} holds "
                       f"a model this version cannot build ({e})") from None
-  want = _pure_shapes(config.model)
-  for module in kept:
-    for leaf, shape in want[module].items():
+  for module, leaves in want.items():
+    for leaf, shape in leaves.items():
       got = have.get(module, {}).get(leaf)
       if got != shape:
         layer = next(l for l in layers.NAMES if module in modules_of(l))
@@ -137,17 +137,19 @@ def initialize(run, config: ml_collections.ConfigDict) -> dict:
   state; returns what to record in the run's checkpoints. ConfigError names
   a source without checkpoints or a kept layer of another shape; nothing is
   written anywhere."""
-  where, ckpts, best = _source(config)
-  kept = tuple(m for l in config.finetune.keep for m in modules_of(l)
-               if m in nnx.to_pure_dict(run.model_state))
+  where, ckpts = _source(config)
+  best = config.finetune.best
+  pure = nnx.to_pure_dict(run.model_state)
+  like = {m: pure[m] for l in config.finetune.keep for m in modules_of(l)
+          if m in pure}
+  want = _shapes(like)
   try:
     for step in ckpts.steps(best=best):
       try:
         meta = ckpts.read_meta(step, best=best)
       except Exception:  # pylint: disable=broad-except
         continue  # An unreadable step: the next older one.
-      _check_shapes(config, meta.get("model_config", {}), where, kept)
-      like = {m: nnx.to_pure_dict(run.model_state)[m] for m in kept}
+      _check_shapes(config, meta.get("model_config", {}), where, want)
       try:
         loaded = ckpts.restore_partial(step, {"model": like}, best=best)
       except Exception as e:  # pylint: disable=broad-except
@@ -156,13 +158,12 @@ def initialize(run, config: ml_collections.ConfigDict) -> dict:
               f"not restore ({checkpoint_lib.restore_error(e)}); trying an "
               f"older one", file=sys.stderr, flush=True)
         continue
-      pure = nnx.to_pure_dict(run.model_state)
       pure.update(loaded["model"])
       nnx.replace_by_pure_dict(run.model_state, pure)
       if jax.process_index() == 0:
         _warn_preprocessing(config, where)
       return {"workdir": where, "step": step, "best": best,
-              "layers": list(kept)}
+              "layers": list(like)}
   finally:
     ckpts.close()
   raise ConfigError(f"finetune.init_from: no checkpoint in {where} restores")

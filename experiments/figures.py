@@ -13,11 +13,10 @@ neighbours (Figure 4): for --queries images of --split (default: the
 config's eval split), one of each class as far as the split has classes
 (the first of each in evaluation order), the --k training images nearest
 by Euclidean distance between fc7 features (the 4096-d output of fc7's
-ReLU, eval mode),
-as a PNG grid (query, then its neighbours nearest first, one row per query)
-and OUT.json with the indices (in the order the training split is
-evaluated), labels and distances. The training split is read twice: for
-its features, then for the neighbours' images only. Images are the
+ReLU, eval mode), as a PNG grid (query, then its neighbours nearest first,
+one row per query) and OUT.json with the indices (in the order the
+training split is evaluated), labels and distances. The training split is
+read twice: for its features, then for the neighbours' images only. Images are the
 config's center crops, shown with the mean and std put back.
 
 Both read the workdir's config.json (written by training) unless --config is
@@ -142,7 +141,8 @@ def nearest(train_features: jax.Array, query_features: jax.Array, k: int,
   their norms. So the features are first moved by the queries' mean (fc7's
   ReLU outputs share a large positive part; distances do not change), and
   the distances of the best few candidates per chunk are computed directly
-  from q - t: the order and the distances returned are float32 differences'.
+  from q - t, so the order and the distances returned are those of the
+  float32 differences.
   """
   shift = jnp.mean(jnp.asarray(query_features, jnp.float32), axis=0)
   q = jnp.asarray(query_features, jnp.float32) - shift
