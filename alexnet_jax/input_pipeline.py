@@ -206,9 +206,10 @@ def train_iterator(config, *, image_size: int, start_step: int = 0,
   return info, Batches(ds.as_numpy_iterator(), where=records.where, fill=True)
 
 
-def eval_iterator(config, *, image_size: int,
-                  rows: slice | None = None) -> tuple[Split, Batches]:
-  """Split info and one pass over the evaluation set, padded and masked.
+def eval_iterator(config, *, image_size: int, rows: slice | None = None,
+                  split: str | None = None) -> tuple[Split, Batches]:
+  """Split info and one pass over `split` (default data.eval_split), padded
+  and masked.
 
   Every shard makes ceil(ceil(N / shards) / local batch) steps, so
   collective eval steps line up; padding rows have mask=False.
@@ -223,7 +224,7 @@ def eval_iterator(config, *, image_size: int,
                          where="synthetic eval", fill=False)
 
   tf = lazy_tf()
-  records = split_records(config, d.eval_split, shard, num_shards)
+  records = split_records(config, split or d.eval_split, shard, num_shards)
   b, crops = rows.stop - rows.start, d.eval_crops
   shape = ((image_size,) * 2 + (3,) if crops == 1 else
            (10,) + (image_size,) * 2 + (3,))

@@ -60,9 +60,75 @@ DROPOUTS = {l.name: f"dropout{i + 1}" for i, l in enumerate(LAYERS)
             if l.dropout}
 POOLED = {l.name: f"pool{i + 1}" for i, l in enumerate(LAYERS) if l.pool}
 
-NORMS = ("lrn", "batchnorm", "none")
+# scale: each LRN replaced by a fixed per-layer scale (the ablation's control:
+# LRN's average scale without its normalisation).
+NORMS = ("lrn", "batchnorm", "none", "scale")
 INITS = ("paper", "caffe", "he")
 POOLS = {"overlap": (3, 2), "nonoverlap": (2, 2)}
+# floor: VALID pooling, out = (in - window) // stride + 1 (the paper's sizes
+# at 227 with either pool). ceil: cuda-convnet's, out = ceil((in - window) /
+# stride) + 1, the bottom/right padded; on the cifar preset both pools then
+# give 32 -> 16 -> 8 -> 4.
+POOL_MODES = ("floor", "ceil")
+
+# LRN: b = a / (k + alpha' * S)^beta, S the sum of a^2 over n channels,
+# alpha' = alpha (the paper's text: a sum) or alpha / n (average=True:
+# cuda-convnet's and Caffe's code, PyTorch's module). pixel_scale s: the
+# factor the input pixels were divided by; alpha' is multiplied by s^2 so that
+# LRN normalises as on the 0-255 scale the constants were set for (ReLU,
+# convolution and max-pooling are positively homogeneous; README, training
+# notes). ../shared/REFERENCE.md has the sources.
+LRN_SETTINGS = {
+    "paper": dict(k=2.0, n=5, alpha=1e-4, beta=0.75, average=False),
+    # cuda-convnet2's ImageNet layer params: rnorm scale=0.0001, pow=0.75,
+    # minDiv=2, size 5; its code divides scale by the window size.
+    "cuda_convnet": dict(k=2.0, n=5, alpha=1e-4, beta=0.75, average=True),
+    # Caffe bvlc_alexnet: local_size 5, alpha 1e-4 (averaged), beta 0.75, k 1.
+    "caffe": dict(k=1.0, n=5, alpha=1e-4, beta=0.75, average=True),
+}
+LRN_FIELDS = ("k", "n", "alpha", "beta", "average")
+
+
+@dataclasses.dataclass(frozen=True)
+class LRN:
+  """Resolved LRN constants: alpha is the coefficient of the window sum
+  (average and pixel_scale already applied)."""
+  k: float
+  n: int
+  alpha: float
+  beta: float
+
+  @property
+  def constant(self) -> float:
+    """The scale LRN tends to where alpha * S << k: k^-beta."""
+    return self.k ** -self.beta
+
+
+def resolve_lrn(lrn=None) -> LRN:
+  """The LRN constants of a `model.lrn` block (a dict or ConfigDict with
+  setting, k, n, alpha, beta, average, pixel_scale; None fields take the
+  setting's value; None or {}: the paper's)."""
+  lrn = dict(lrn or {})
+  setting = lrn.pop("setting", None) or "paper"
+  if setting not in LRN_SETTINGS:
+    raise ValueError(f"model.lrn.setting must be one of "
+                     f"{tuple(LRN_SETTINGS)}, got {setting!r}")
+  scale = lrn.pop("pixel_scale", None)
+  scale = 1.0 if scale is None else scale
+  unknown = set(lrn) - set(LRN_FIELDS)
+  if unknown:
+    raise ValueError(f"model.lrn has no field {sorted(unknown)[0]!r} (fields: "
+                     f"setting, pixel_scale, {', '.join(LRN_FIELDS)})")
+  v = {**LRN_SETTINGS[setting],
+       **{f: x for f, x in lrn.items() if x is not None}}
+  if not (int(v["n"]) == v["n"] and v["n"] >= 1 and v["k"] >= 0
+          and v["alpha"] >= 0 and v["beta"] >= 0 and scale > 0):
+    raise ValueError(f"model.lrn needs n a positive integer, k, alpha, beta "
+                     f">= 0 and pixel_scale > 0; got {v}, pixel_scale "
+                     f"{scale}")
+  n = int(v["n"])
+  alpha = v["alpha"] / (n if v["average"] else 1) * scale * scale
+  return LRN(k=float(v["k"]), n=n, alpha=float(alpha), beta=float(v["beta"]))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,6 +148,11 @@ PRESETS = {
     # The paper's table: 96-256-384-384-256, two towers.
     "paper": Preset((96, 256, 384, 384, 256), (4096, 4096), 11, 4, -1, 227,
                     towers=2, norm="lrn"),
+    # The paper's one-GPU comparison (section 3.2, footnote 2): one tower
+    # with half the kernels of conv1-conv4; conv5 and the fully connected
+    # layers at full size.
+    "paper_1gpu": Preset((48, 128, 192, 192, 256), (4096, 4096), 11, 4, -1,
+                         227, towers=1, norm="lrn"),
     # torchvision.models.alexnet ("one weird trick"): one tower, no LRN.
     "torchvision": Preset((64, 192, 384, 256, 256), (4096, 4096), 11, 4, 2,
                           224, towers=1, norm="none"),
@@ -89,6 +160,9 @@ PRESETS = {
     # padding, so the 3/2 pools give 32 -> 15 -> 7 -> 3.
     "cifar": Preset((96, 256, 384, 384, 256), (4096, 4096), 5, 1, 2, 32,
                     towers=2, norm="lrn"),
+    # The one-GPU comparison net on the cifar geometry.
+    "cifar_1gpu": Preset((48, 128, 192, 192, 256), (4096, 4096), 5, 1, 2, 32,
+                         towers=1, norm="lrn"),
 }
 
 
@@ -119,6 +193,7 @@ class Geometry:
   conv1_pads: tuple  # ((top, bottom), (left, right)).
   pool_window: int
   pool_stride: int
+  pool_pads: tuple[int, ...]  # Bottom/right padding before each pool (ceil).
   stage_sizes: tuple[int, ...]  # conv1 output, then after each pool.
 
   def kernel_size(self, layer: Layer) -> int:
@@ -143,10 +218,12 @@ def resolve(*, preset: str = "paper", norm: str | None = None,
             pool: str = "overlap", towers: int | None = None,
             width: float = 1.0, image_size: int | None = None,
             conv1_kernel: int | None = None, conv1_stride: int | None = None,
-            conv1_padding: int | None = None, **unused) -> Geometry:
+            conv1_padding: int | None = None, pool_mode: str | None = None,
+            channels=None, fc_features=None, **unused) -> Geometry:
   """The geometry from the AlexNet constructor's arguments (None: the
   preset's value); ValueError names a choice that does not exist or a
-  geometry that does not fit."""
+  geometry that does not fit. channels (conv1..conv5) and fc_features
+  (fc6, fc7) replace the preset's before `width` scales them."""
   del unused  # The rest of a model config (init, dropout, ...).
   if preset not in PRESETS:
     raise ValueError(f"model.preset must be one of {sorted(PRESETS)}, "
@@ -167,13 +244,26 @@ def resolve(*, preset: str = "paper", norm: str | None = None,
     raise ValueError(f"model.towers must be 1 or 2, got {towers!r}")
   if not width > 0:
     raise ValueError(f"model.width must be positive, got {width!r}")
+  pool_mode = pool_mode or "floor"
+  if pool_mode not in POOL_MODES:
+    raise ValueError(f"model.pool_mode must be one of {POOL_MODES}, "
+                     f"got {pool_mode!r}")
+  channels = tuple(p.channels if not channels else channels)
+  fc_features = tuple(p.fc_features if not fc_features else fc_features)
+  if (len(channels) != 5 or len(fc_features) != 2 or
+      min(channels + fc_features) < 1):
+    raise ValueError(f"model.channels needs 5 positive counts (conv1..conv5) "
+                     f"and model.fc_features 2 (fc6, fc7); got {channels}, "
+                     f"{fc_features}")
   window, stride = POOLS[pool]
   # Spatial sizes, so fc6 knows its input width and bad geometry fails here.
   pads = conv1_pads(image_size, k1, s1, pad1)
   size = (image_size + sum(pads[0]) - k1) // s1 + 1
-  sizes = [size]
+  sizes, pool_pads = [size], []
   for _ in range(3):  # pools after conv1, conv2 and conv5; 'same' convs.
-    size = (size - window) // stride + 1
+    extra = -(size - window) % stride if pool_mode == "ceil" else 0
+    pool_pads.append(max(0, extra))
+    size = (size + pool_pads[-1] - window) // stride + 1
     sizes.append(size)
   if min(sizes) < 1:
     raise ValueError(f"image_size {image_size} is too small for conv1 "
@@ -181,10 +271,10 @@ def resolve(*, preset: str = "paper", norm: str | None = None,
                      f"(spatial sizes {sizes})")
   return Geometry(
       towers=towers, norm=norm, image_size=image_size,
-      channels=tuple(scaled(c, width, towers) for c in p.channels),
-      fc_features=tuple(scaled(f, width, towers) for f in p.fc_features),
+      channels=tuple(scaled(c, width, towers) for c in channels),
+      fc_features=tuple(scaled(f, width, towers) for f in fc_features),
       conv1_kernel=k1, conv1_stride=s1, conv1_pads=pads, pool_window=window,
-      pool_stride=stride, stage_sizes=tuple(sizes))
+      pool_stride=stride, pool_pads=tuple(pool_pads), stage_sizes=tuple(sizes))
 
 
 def resolve_config(model_config) -> Geometry:

@@ -6,9 +6,12 @@ the ReLU of layers 1 and 2 (computed inside each tower), overlapping 3/2 max
 pooling, dropout 0.5 on fc6/fc7, weights ~ N(0, 0.01^2) and bias 1 in conv2,
 conv4, conv5, fc6 and fc7.
 
-Variants are constructor arguments, not subclasses: `norm`, `pool`, `towers`,
-`activation`, `width`, `num_classes`, the conv1 geometry and the input size,
-and a `preset` that picks the channel layout (paper, torchvision, cifar).
+Variants are constructor arguments, not subclasses: `norm` (lrn, batchnorm,
+none, or `scale`: each LRN replaced by a fixed scale, the ablation's
+control), the LRN constants (`lrn`), `pool` and `pool_mode` (floor or
+cuda-convnet's ceil sizes), `towers`, `activation`, `width`, `channels`,
+`num_classes`, the conv1 geometry and the input size, and a `preset` that
+picks the channel layout (paper, paper_1gpu, torchvision, cifar, cifar_1gpu).
 
 Input size and conv1 padding: an 11x11 stride-4 convolution gives 55x55 on a
 227x227 input without padding (Caffe's choice, our default). On 224x224 inputs
@@ -101,6 +104,8 @@ class AlexNet(nnx.Module):
                conv1_stride: int | None = None,
                conv1_padding: int | None = None, init: str = "paper",
                fc8_init_std: float | None = None, ops: str = "auto",
+               lrn=None, norm_scale=(), pool_mode: str | None = None,
+               channels=None, fc_features=None,
                dtype=jnp.float32, rngs: nnx.Rngs):
     """Builds the network. Arguments left at None take the preset's value.
 
@@ -113,6 +118,11 @@ class AlexNet(nnx.Module):
     image; 'he' keeps the scale at any width. fc8_init_std, when given,
     replaces the init's std for fc8 alone (small: logits start near 0).
 
+    lrn: the LRN constants (layers.resolve_lrn: a setting, k, n, alpha,
+    beta, average, pixel_scale; None: the paper's). norm_scale: with
+    norm='scale', the fixed factor of each LRN layer (() : LRN's constant
+    k^-beta for each).
+
     dtype is the compute dtype (bfloat16 for mixed precision); parameters
     are always float32 and the logits are returned as float32. ops picks
     the formulation of the operations (ops.py): auto, fast or plain.
@@ -123,7 +133,15 @@ class AlexNet(nnx.Module):
     g = layers.resolve(preset=preset, norm=norm, pool=pool, towers=towers,
                        width=width, image_size=image_size,
                        conv1_kernel=conv1_kernel, conv1_stride=conv1_stride,
-                       conv1_padding=conv1_padding)
+                       conv1_padding=conv1_padding, pool_mode=pool_mode,
+                       channels=channels, fc_features=fc_features)
+    self.lrn = layers.resolve_lrn(lrn)
+    n_norm = sum(1 for l in layers.LAYERS if l.norm)
+    norm_scale = tuple(norm_scale or ())
+    if norm_scale and (len(norm_scale) != n_norm or min(norm_scale) <= 0):
+      raise ValueError(f"model.norm_scale needs {n_norm} positive factors "
+                       f"(one per LRN layer), got {norm_scale}")
+    self.norm_scale = norm_scale or (self.lrn.constant,) * n_norm
     if activation not in ACTIVATIONS:
       raise ValueError(f"model.activation must be one of "
                        f"{tuple(ACTIVATIONS)}, got {activation!r}")
@@ -141,6 +159,7 @@ class AlexNet(nnx.Module):
     self.num_classes, self.norm, self.towers = num_classes, g.norm, g.towers
     self.image_size, self.dtype, self.ops = g.image_size, dtype, ops
     self.pool_window, self.pool_stride = g.pool_window, g.pool_stride
+    self.pool_pads = g.pool_pads
     self.stage_sizes = list(g.stage_sizes)
     self.act = ACTIVATIONS[activation]
     bn = g.norm == "batchnorm"
@@ -209,6 +228,9 @@ class AlexNet(nnx.Module):
     o = ops_lib.select(self.ops)
     acts, logits = {}, None
     y = x.astype(self.dtype)
+    c = self.lrn
+    norms = [l.name for l in layers.LAYERS if l.norm]
+    pools = [l.name for l in layers.LAYERS if l.pool]
     for spec in layers.LAYERS:
       with jax.named_scope(spec.name):
         if spec.gather:
@@ -224,11 +246,21 @@ class AlexNet(nnx.Module):
         else:
           y = self.act(y)  # conv -> ReLU -> LRN (paper) | conv -> ReLU.
           if spec.norm and self.norm == "lrn":
-            y = o.local_response_norm(y, groups=hooks.lrn_groups)
+            # LRN's input, for its statistic (lrn_stats.py; unused: free).
+            acts[spec.name + "_lrn_input"] = y
+            y = o.local_response_norm(y, groups=hooks.lrn_groups, n=c.n,
+                                      k=c.k, alpha=c.alpha, beta=c.beta)
+          elif spec.norm and self.norm == "scale":
+            y = y * jnp.asarray(self.norm_scale[norms.index(spec.name)],
+                                y.dtype)
         if spec.dropout:
           y = hooks.dropout(spec, y)
         acts[spec.name] = y
         if spec.pool:
+          pad = self.pool_pads[pools.index(spec.name)]
+          if pad:  # Ceil-mode sizes: the bottom/right rows never win.
+            y = jnp.pad(y, ((0, 0), (0, pad), (0, pad), (0, 0)),
+                        constant_values=-jnp.inf)
           y = acts[layers.POOLED[spec.name]] = o.max_pool(
               y, self.pool_window, self.pool_stride)
     return logits, acts
@@ -268,6 +300,11 @@ def from_config(model_config, *, half_precision: bool = False,
                 rngs: nnx.Rngs) -> AlexNet:
   """Builds the model from the `model` block of a config."""
   c = model_config
+  if c.get("family", "alexnet") != "alexnet":
+    # cuda-convnet's CIFAR-10 nets (and the error naming the families).
+    from alexnet_jax import cuda_convnet  # pylint: disable=import-outside-toplevel
+    return cuda_convnet.from_config(c, half_precision=half_precision,
+                                    rngs=rngs)
   return AlexNet(
       preset=c.preset, num_classes=c.num_classes, norm=c.norm, pool=c.pool,
       towers=c.towers, activation=c.activation, width=c.width,
@@ -275,7 +312,15 @@ def from_config(model_config, *, half_precision: bool = False,
       conv1_kernel=c.conv1_kernel, conv1_stride=c.conv1_stride,
       conv1_padding=c.conv1_padding, init=c.init,
       fc8_init_std=c.fc8_init_std, ops=c.get("ops", "auto"),
+      lrn=_plain(c.get("lrn")), norm_scale=tuple(c.get("norm_scale", ())),
+      pool_mode=c.get("pool_mode"), channels=c.get("channels"),
+      fc_features=c.get("fc_features"),
       dtype=jnp.bfloat16 if half_precision else jnp.float32, rngs=rngs)
+
+
+def _plain(block):
+  """A config block as a dict (None stays None)."""
+  return block.to_dict() if hasattr(block, "to_dict") else block
 
 
 def count_params(model: nnx.Module, wrt=nnx.Param) -> int:

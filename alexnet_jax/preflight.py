@@ -132,6 +132,8 @@ def check_data(config: ml_collections.ConfigDict, *, train: bool,
   size = model_lib.input_size(config.model)
   input_pipeline.check_options(config, size)
   splits = ([d.train_split] if train else []) + [d.eval_split]
+  if train and d.get("test_split"):  # Read once, at the end: found now.
+    splits.append(d.test_split)
   out = {}
   for split in splits:
     info = input_pipeline.describe_split(config, split, size, process_count)

@@ -303,6 +303,8 @@ def run_towers(model, x: jax.Array, return_activations: bool):
                          batch if l.reduce else units)
     if l.pool:
       act_specs[layers.POOLED[l.name]] = tower
+    if l.norm and model.norm == "lrn":  # LRN's input (lrn_stats.py).
+      act_specs[l.name + "_lrn_input"] = tower
   run = jax.shard_map(
       forward, in_specs=(batch, param_specs, {k: units for k in masks}),
       out_specs=(batch, act_specs if return_activations else {}),

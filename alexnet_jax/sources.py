@@ -26,12 +26,11 @@ import sys
 import numpy as np
 from absl import logging
 
+# The folder source's listing (and DataError) live in folders.py.
+from alexnet_jax.folders import DataError, IMAGE_EXTENSIONS  # noqa: F401
+from alexnet_jax.folders import _missing, list_folder, split_where
+
 SOURCES = ("synthetic", "tfds", "folder")
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
-
-
-class DataError(ValueError):
-  """A data set that cannot be read as configured (a user error)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -177,96 +176,6 @@ class Records:
   where: str  # For messages.
 
 
-def _missing(d, what: str) -> DataError:
-  hint = f"; {d.hint}" if d.hint else ""
-  return DataError(what + hint)
-
-
-# A folder split may be named either way: `validation` (TFDS's name, the
-# default eval_split) also finds val/, and val also finds validation/.
-SPLIT_ALIASES = {"validation": ("validation", "val"),
-                 "val": ("val", "validation")}
-_warned_empty: set[str] = set()
-
-
-def _split_dir(root: str, split: str, d) -> str:
-  """root/<split>, or the first existing alias of split."""
-  names = SPLIT_ALIASES.get(split, (split,))
-  for name in names:
-    if os.path.isdir(os.path.join(root, name)):
-      return os.path.join(root, name)
-  tried = " or ".join(os.path.join(root, n) for n in names)
-  have = sorted(e.name for e in os.scandir(root) if e.is_dir()) if (
-      os.path.isdir(root)) else []
-  which = "data.train_split" if split == d.train_split else "data.eval_split"
-  found = (f"; {root} holds {', '.join(have)}: set {which} to one of them"
-           if have else "")
-  raise _missing(d, f"no folder {tried} (data.path={d.path!r}, split "
-                    f"{split!r}): put images in "
-                    f"{os.path.join(root, names[0])}/<class>/*.jpg{found}")
-
-
-def _class_dirs(split_dir: str) -> list[str]:
-  return sorted(e.name for e in os.scandir(split_dir) if e.is_dir())
-
-
-def _chosen_classes(d, names, root: str) -> tuple[str, ...]:
-  """data.classes: the class folders a run uses, labelled in that order."""
-  chosen = tuple(d.classes)
-  missing = [c for c in chosen if c not in names]
-  if missing or len(set(chosen)) != len(chosen):
-    what = (f"names no class folder of {root} ({', '.join(missing)})"
-            if missing else "names a class twice")
-    raise DataError(f"data.classes {what}; the classes are "
-                    f"{', '.join(names)}")
-  return chosen
-
-
-def list_folder(d, split: str):
-  """(paths, labels, class names) of data.path/<split>/<class>/*.jpg|png.
-
-  Labels index the sorted class folders of the training split (of this
-  split, when it is the training split or there is none), or the folders
-  data.classes names, in its order (the others are left out). Empty class
-  folders are named in a warning (once); a split without images is an error.
-  """
-  if not d.path:
-    raise DataError("data.source=folder needs data.path, a folder holding "
-                    "train/<class>/*.jpg and val/ or test/")
-  root = os.path.expanduser(d.path)
-  split_dir = _split_dir(root, split, d)
-  own = _class_dirs(split_dir)
-  names = own
-  if split != d.train_split:
-    try:
-      names = _class_dirs(_split_dir(root, d.train_split, d))
-    except DataError:
-      pass  # No training split: an eval-only folder labels by its own.
-  if d.get("classes"):
-    names = _chosen_classes(d, names, root)
-    own = [c for c in own if c in names]
-  index = {c: i for i, c in enumerate(names)}
-  paths, labels, empty = [], [], []
-  for c in own:
-    if c not in index:
-      raise DataError(f"class folder {os.path.join(split_dir, c)} is not a "
-                      f"class of the training split ({len(names)} classes)")
-    files = sorted(e.name for e in os.scandir(os.path.join(split_dir, c))
-                   if e.name.lower().endswith(IMAGE_EXTENSIONS))
-    if not files:
-      empty.append(c)
-    paths += [os.path.join(split_dir, c, f) for f in files]
-    labels += [index[c]] * len(files)
-  if not paths:
-    raise _missing(d, f"no images in {split_dir}/<class>/ (looked for "
-                      f"{', '.join(IMAGE_EXTENSIONS)})")
-  if empty and split_dir not in _warned_empty:
-    _warned_empty.add(split_dir)
-    logging.warning("%d class folder(s) of %s hold no images: %s", len(empty),
-                    split_dir, ", ".join(empty))
-  return paths, np.asarray(labels, np.int32), tuple(names)
-
-
 def _folder_records(config, split: str, shard: int,
                     num_shards: int) -> Records:
   tf = lazy_tf()
@@ -296,7 +205,7 @@ def _folder_records(config, split: str, shard: int,
         {"data": paths, "label": tf.gather(labels_t, order), "name": paths})
 
   return Records(ordered, epoch, n, total, len(names), names, True,
-                 _split_dir(os.path.expanduser(d.path), split, d))
+                 split_where(d, split))
 
 
 def _one_line(text: str) -> str:

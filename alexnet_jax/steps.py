@@ -12,6 +12,8 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from alexnet_jax import lrn_stats
+
 
 def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
   return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
@@ -64,19 +66,26 @@ def make_steps(model_graph, opt_graph, eval_graph, wrt=nnx.Param):
   def eval_step(model_state, batch):
     model = nnx.merge(eval_graph, model_state)
     images, labels = batch["image"], batch["label"]
+    mask = batch["mask"].astype(jnp.float32)
+    # With LRN, its statistic (lrn_stats.py) from the same forward.
+    stats = getattr(model, "norm", None) == "lrn"
     if images.ndim == 5:  # (B, crops, H, W, C): average the softmax.
       b, crops = images.shape[:2]
-      logits = model(images.reshape(b * crops, *images.shape[2:]))
+      out = model(images.reshape(b * crops, *images.shape[2:]),
+                  return_activations=stats)
+      logits, acts = out if stats else (out, {})
       probs = jax.nn.softmax(logits).reshape(b, crops, -1).mean(axis=1)
       nll = -jnp.log(jnp.take_along_axis(probs, labels[:, None], -1)[:, 0])
-      scores = probs
+      scores, act_mask = probs, jnp.repeat(mask, crops)
     else:
-      scores = model(images)
+      out = model(images, return_activations=stats)
+      scores, acts = out if stats else (out, {})
       nll = cross_entropy(scores, labels)
-    mask = batch["mask"].astype(jnp.float32)
+      act_mask = mask
     return {"loss": jnp.sum(nll * mask),
             "top1": jnp.sum(topk_correct(scores, labels, 1) * mask),
             "top5": jnp.sum(topk_correct(scores, labels, 5) * mask),
-            "count": jnp.sum(mask)}
+            "count": jnp.sum(mask),
+            **lrn_stats.sums(model, acts, act_mask)}
 
   return (jax.jit(train_step, donate_argnums=(0, 1)), jax.jit(eval_step))

@@ -21,6 +21,7 @@ from flax import nnx
 from alexnet_jax import checkpoint as checkpoint_lib
 from alexnet_jax import finetune
 from alexnet_jax import input_pipeline
+from alexnet_jax import lrn_stats
 from alexnet_jax import model as model_lib
 from alexnet_jax import optim
 from alexnet_jax import preflight
@@ -106,13 +107,16 @@ def data_slice(run: Run) -> dict[str, slice]:
   return {"rows": sharding.local_batch_rows(run.mesh, run.config.batch_size)}
 
 
-def evaluate(run: Run, stop: progress.StopRequest | None = None
+def evaluate(run: Run, stop: progress.StopRequest | None = None,
+             split: str | None = None, prefix: str = "eval"
              ) -> dict[str, float] | None:
-  """Top-1/top-5 error and loss over every evaluation example exactly once;
-  None when `stop` received a signal during the evaluation (one process:
-  the loop then saves and exits without waiting for the rest)."""
+  """Top-1/top-5 error and loss over every example of `split` (default
+  data.eval_split) exactly once, keys prefix_*; with LRN, its statistic
+  (lrn_stats.py). None when `stop` received a signal during the evaluation
+  (one process: the loop then saves and exits without waiting for the
+  rest)."""
   _, batches = input_pipeline.eval_iterator(
-      run.config, image_size=run.image_size, **data_slice(run))
+      run.config, image_size=run.image_size, split=split, **data_slice(run))
   totals = None
   for batch in input_pipeline.prefetch_to_device(
       batches, sharding.batch_sharding(run.mesh)):
@@ -122,12 +126,16 @@ def evaluate(run: Run, stop: progress.StopRequest | None = None
     totals = out if totals is None else jax.tree.map(jnp.add, totals, out)
   totals = {k: float(v) for k, v in jax.device_get(totals).items()}
   n = totals["count"]
-  metrics = {"eval_loss": totals["loss"] / n,
-             "eval_top1_error": 1.0 - totals["top1"] / n,
-             "eval_top5_error": 1.0 - totals["top5"] / n,
-             "eval_examples": n}
+  metrics = {f"{prefix}_loss": totals["loss"] / n,
+             f"{prefix}_top1_error": 1.0 - totals["top1"] / n,
+             f"{prefix}_top5_error": 1.0 - totals["top5"] / n,
+             f"{prefix}_examples": n}
   if batches.num_skipped:
-    metrics["eval_skipped_images"] = batches.num_skipped
+    metrics[f"{prefix}_skipped_images"] = batches.num_skipped
+  if prefix == "eval":  # The LRN statistic goes with the eval split's rows.
+    lrn = nnx.merge(run.eval_graph, run.model_state).lrn if any(
+        k.startswith("lrn/") for k in totals) else None
+    metrics.update(lrn_stats.finish(totals, lrn.constant) if lrn else {})
   return metrics
 
 
@@ -262,7 +270,19 @@ class _Loop:
         if stopping:
           return self._stopped(step, stop)
       self.ckpts.wait()
+      self._test(stop)
     return self.last
+
+  def _test(self, stop):
+    """data.test_split, evaluated once after the last step (every decision
+    of the run was made on data.eval_split)."""
+    split = self.config.data.get("test_split")
+    if split:
+      metrics = evaluate(self.run, stop, split=split, prefix="test")
+      if metrics is not None:
+        self.log.write(self.num_steps, metrics,
+                       f"  (test split {split!r}, once, at the end)")
+        self.last.update(metrics)
 
   def _log_train(self, step: int):
     """A train line from the steps not yet fetched (Diverged if a loss is

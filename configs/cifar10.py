@@ -38,7 +38,6 @@ def get_config(arg=None):
   d = config.data
   d.source = "folder"
   d.path = "~/.cache/alexnet_jax/cifar10"  # train/<class>/, test/<class>/
-  d.eval_split = "test"
   d.hint = ("extract the CIFAR-10 archive: mkdir -p ~/.cache/alexnet_jax && "
             "tar xzf ../shared/data/cifar10-jpg.tar.gz -C ~/.cache/alexnet_jax")
   d.resize_size = 0  # Already 32x32: no resize.
@@ -48,6 +47,15 @@ def get_config(arg=None):
   d.mean = (124.14, 122.96, 112.57)
   d.std = (62.50, 61.85, 66.42)
   d.eval_crops = 1
+  # Decisions on 5,000 held-out training images (500 a class, fixed); the
+  # test folder is read once, at the end of the run.
+  d.holdout = 5000
+  d.eval_split = "holdout"
+  d.test_split = "test"
+  # The pixels are divided by their std (about 63.6 on average): alpha times
+  # its square is the paper's LRN on the 0-255 scale (README, training
+  # notes); with alpha unscaled LRN was a constant x2^-0.75 here.
+  m.lrn.pixel_scale = sum(d.std) / 3
 
   o = config.optim
   o.learning_rate = 0.01

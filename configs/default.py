@@ -27,10 +27,12 @@ def get_config(arg=None):
   config.max_checkpoints_to_keep = 3  # Plus the best by eval top-1 error.
 
   config.model = m = ml_collections.ConfigDict()
-  m.preset = "paper"  # paper | torchvision | cifar (channel layout, conv1).
+  # Channel layout and conv1: paper | paper_1gpu (the paper's one-GPU
+  # comparison net) | torchvision | cifar | cifar_1gpu.
+  m.preset = "paper"
   m.num_classes = 1000
   # None: the preset's value (paper: lrn, 2 towers, 227 input, 11x11/4).
-  m.norm = config_dict.placeholder(str)  # lrn | batchnorm | none
+  m.norm = config_dict.placeholder(str)  # lrn | batchnorm | none | scale
   m.towers = config_dict.placeholder(int)  # 1 | 2
   m.image_size = config_dict.placeholder(int)
   m.conv1_kernel = config_dict.placeholder(int)
@@ -50,6 +52,30 @@ def get_config(arg=None):
   # network, same numbers up to float rounding; not part of what a
   # checkpoint must match.
   m.ops = "auto"
+  # Ceil-mode pool sizes (cuda-convnet's) instead of floor: None is the
+  # preset's (floor). On the cifar preset, ceil gives both pools the same
+  # sizes (32 -> 16 -> 8 -> 4).
+  m.pool_mode = config_dict.placeholder(str)  # floor | ceil
+  # Channel counts instead of the preset's (before `width` scales them):
+  # conv1..conv5 and fc6, fc7; () keeps the preset's.
+  m.channels = ()
+  m.fc_features = ()
+  # The LRN constants (layers.resolve_lrn). setting: paper (k=2, n=5,
+  # alpha=1e-4 on the window's sum, beta=0.75) | cuda_convnet (alpha on the
+  # mean) | caffe (k=1, alpha on the mean); a field left None takes the
+  # setting's value. pixel_scale: what the input pixels were divided by
+  # (data.std); alpha is multiplied by its square so that LRN normalises as
+  # on the 0-255 scale its constants were set for (README, training notes).
+  m.lrn = ml_collections.ConfigDict()
+  m.lrn.setting = "paper"
+  m.lrn.k = config_dict.placeholder(float)
+  m.lrn.n = config_dict.placeholder(int)
+  m.lrn.alpha = config_dict.placeholder(float)
+  m.lrn.beta = config_dict.placeholder(float)
+  m.lrn.average = config_dict.placeholder(bool)
+  m.lrn.pixel_scale = 1.0
+  # norm=scale: each LRN layer's fixed factor (() : k^-beta for each).
+  m.norm_scale = ()
 
   config.data = d = ml_collections.ConfigDict()
   d.source = "tfds"  # tfds | folder | synthetic (see sources.py)
@@ -65,6 +91,13 @@ def get_config(arg=None):
   d.classes = ()
   d.train_split = "train"
   d.eval_split = "validation"  # TFDS name; a folder's val/ or test/.
+  # source=folder: hold out this many training images, stratified and fixed
+  # (folders.py), as the split "holdout": the validation split on which a
+  # run's decisions are made (eval_split="holdout"). 0: none.
+  d.holdout = 0
+  # Evaluated once, after the last step, and logged as test_* (""/None:
+  # none). Decisions read eval_split; this is reported, not tuned on.
+  d.test_split = ""
   d.hint = ""  # Appended to a missing-data error: how to get the data.
   d.shuffle_buffer = 16_384  # TFDS: examples reshuffled per epoch.
   # Preprocessing, as the paper: central square of the image resized to
