@@ -161,7 +161,7 @@ def run_one(config_arg: str, overrides: list[str], workdir: str, cell: dict,
       progress.epoch_done(now - last_eval)
       last_eval = now
       print(f"{label}: epoch {step / per_epoch:.2f}/"
-            f"{progress.epochs_per_run:g}  test top-1 error {error}  "
+            f"{progress.epochs_per_run:g}  eval top-1 error {error}  "
             f"sweep ETA {progress.eta()}", flush=True)
   code = child.wait()
   finished = code == 0 and child.stop is None and not any(

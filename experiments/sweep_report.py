@@ -3,49 +3,43 @@
   python -m experiments.sweep_report --results=experiments/results/cifar10_ablation
 
 Reads RESULTS/runs/*.json (written by experiments/ablation.py) and writes
-RESULTS/results.json, results.md, curves.png (test top-1 error per epoch,
-mean and band of +-1 std over seeds, per cell), train_curves.png (training
-error per epoch, the axis of the paper's Figure 1, with the 25% line) and
-bars.png (final test error per cell with std error bars). For every axis it
-compares each value with the axis's reference (first) value: the difference
-of the final test top-1 error (points), its standard error, Welch's t-test,
-and whether the difference exceeds the seed-to-seed spread, in words.
+RESULTS/results.json, results.md, curves.png (validation top-1 error per
+epoch, mean over seeds with a 95% CI band, per cell), train_curves.png
+(step-weighted training error per epoch, the axis of the paper's Figure 1,
+with the 25% line) and bars.png (final validation error per cell, 95% CI).
+
+Every cell runs with the same seeds, and a seed fixes the init, data order
+and dropout in every cell, so seeds are blocks (experiments/stats.py): for
+every axis each value is compared with the reference (first) value as a
+paired difference per seed of the final validation top-1 error, averaged
+over the other axes (main effect) and at each of their levels (simple
+effects), with a 95% CI and Holm-adjusted p-values over all those
+contrasts; a two-way (or k-way) ANOVA with seeds as blocks tests the main
+effects and interactions. Only seeds complete in every cell enter them.
+The test split, evaluated once at the end of each run, is reported apart.
+
+Per-run files from before the validation split (keys test_top1_error per
+epoch, final_test_top1_error) evaluated on the test split: read as "eval
+split = test", without a separate test number.
 """
 
 from __future__ import annotations
 
 import glob
+import itertools
 import json
-import math
 import os
 import statistics
 
 from absl import app
 from absl import flags
+import numpy as np
+
+from experiments import stats
+from experiments import summary
 
 FLAGS = flags.FLAGS
-
-
-def mean_std(values: list[float]) -> tuple[float, float]:
-  """Mean and sample standard deviation (n - 1); std 0 for one value."""
-  m = statistics.fmean(values)
-  return m, (statistics.stdev(values) if len(values) > 1 else 0.0)
-
-
-def welch(a: list[float], b: list[float]) -> dict:
-  """Welch's t-test of mean(b) - mean(a): difference, standard error, t,
-  Welch-Satterthwaite degrees of freedom and the two-sided p-value."""
-  (ma, sa), (mb, sb) = mean_std(a), mean_std(b)
-  va, vb = sa * sa / len(a), sb * sb / len(b)
-  se = math.sqrt(va + vb)
-  out = {"diff": mb - ma, "se": se, "n": [len(a), len(b)]}
-  if se == 0 or len(a) < 2 or len(b) < 2:
-    return {**out, "t": None, "df": None, "p": None}
-  t = (mb - ma) / se
-  df = (va + vb) ** 2 / (va * va / (len(a) - 1) + vb * vb / (len(b) - 1))
-  from scipy import stats  # pylint: disable=g-import-not-at-top
-  p = 2 * stats.t.sf(abs(t), df)
-  return {**out, "t": t, "df": df, "p": float(p)}
+mean_std = stats.mean_std
 
 
 def load(results: str) -> list[dict]:
@@ -60,13 +54,60 @@ def _key(cell: dict) -> str:
   return ", ".join(f"{k}={v}" for k, v in cell.items())
 
 
-def epochs_to(epochs: list[dict], train_error: float) -> float | None:
-  """First epoch whose mean training error is <= train_error, or None."""
-  for e in epochs:
-    if e["train_accuracy"] is not None and 1 - e["train_accuracy"] <= (
-        train_error):
-      return e["epoch"]
-  return None
+def _ms(values) -> list | None:
+  """[mean, sd, n] of the values that are not None (None if none are)."""
+  values = [v for v in values if v is not None]
+  return [*mean_std(values), len(values)] if values else None
+
+
+def _band(values) -> list | None:
+  """[mean, lower, upper] of a 95% t interval over seeds."""
+  ok = values and all(v is not None for v in values)
+  return list(stats.t_ci(values)) if ok else None
+
+
+def _cell(key: str, vs: list[dict]) -> dict:
+  n_epochs = min(len(v["epochs"]) for v in vs)
+  curve = [_band([v["epochs"][i]["val"] for v in vs]) for i in range(n_epochs)]
+  best = min(range(n_epochs), key=lambda i: curve[i][0]) if n_epochs else 0
+  lrn = {}
+  for v in vs:
+    for layer, d in v["lrn"].items():
+      for name, x in d.items():
+        lrn.setdefault(layer, {}).setdefault(name, []).append(x)
+  m, lo, hi = stats.t_ci([v["val"] for v in vs])
+  return {
+      "cell": vs[0]["cell"], "name": key, "seeds": [v["seed"] for v in vs],
+      "final_val_top1": [v["val"] for v in vs], "val_mean": m,
+      "val_sd": mean_std([v["val"] for v in vs])[1], "val_ci": [lo, hi],
+      "val_top5_mean": statistics.fmean(v["val5"] for v in vs),
+      "test_top1": _ms(v["test"] for v in vs),
+      "test_top5": _ms(v["test5"] for v in vs),
+      "final_train_error": _ms(v["train"] for v in vs),
+      "train_val_gap": _ms(v["gap"] for v in vs),
+      "lrn_final": {layer: {k: statistics.fmean(x) for k, x in d.items()}
+                    for layer, d in lrn.items()},
+      "best_epoch": vs[0]["epochs"][best]["epoch"] if n_epochs else None,
+      "curve_epochs": [vs[0]["epochs"][i]["epoch"] for i in range(n_epochs)],
+      "curve": curve,
+      "train_curve": [_band([v["epochs"][i]["train"] for v in vs])
+                      for i in range(n_epochs)],
+      "epochs_to_25pct_train_error": [v["to25"] for v in vs],
+      "wall_seconds": statistics.fmean(v["wall"] for v in vs),
+      "images_per_sec": statistics.fmean(v["ips"] for v in vs)}
+
+
+def _grid(axes):
+  fields = [f for f, _ in axes]
+  return [dict(zip(fields, combo))
+          for combo in itertools.product(*[v for _, v in axes])]
+
+
+def _short(axes) -> dict:
+  """model.norm -> norm, unless two axes end in the same name."""
+  tails = [f.split(".")[-1] for f, _ in axes]
+  return {f: (t if tails.count(t) == 1 else f)
+          for (f, _), t in zip(axes, tails)}
 
 
 def build(results: str) -> dict:
@@ -76,146 +117,198 @@ def build(results: str) -> dict:
     raise ValueError(f"no per-run results in {results}/runs")
   plan = runs[0]["sweep"]
   axes = [(f, v) for f, v in plan["axes"]]
+  views = [summary.record_view(r) for r in runs]
   by_cell = {}
-  for r in runs:
-    by_cell.setdefault(_key(r["cell"]), []).append(r)
-  cells = []
-  for key, rs in by_cell.items():
-    rs.sort(key=lambda r: r["seed"])
-    finals = [100 * r["final_test_top1_error"] for r in rs]
-    top5 = [100 * r["final_test_top5_error"] for r in rs]
-    m, s = mean_std(finals)
-    n_epochs = min(len(r["epochs"]) for r in rs)
-    curve = [mean_std([100 * r["epochs"][i]["test_top1_error"] for r in rs])
-             for i in range(n_epochs)]
-    train_curve = [
-        mean_std([100 * (1 - r["epochs"][i]["train_accuracy"]) for r in rs])
-        if all(r["epochs"][i]["train_accuracy"] is not None for r in rs)
-        else None for i in range(n_epochs)]
-    best = min(range(n_epochs), key=lambda i: curve[i][0]) if n_epochs else 0
-    to25 = [epochs_to(r["epochs"], 0.25) for r in rs]
-    cells.append({
-        "cell": rs[0]["cell"], "name": key, "seeds": [r["seed"] for r in rs],
-        "final_top1": finals, "mean": m, "std": s,
-        "top5_mean": mean_std(top5)[0],
-        "best_epoch": rs[0]["epochs"][best]["epoch"] if n_epochs else None,
-        "curve_epochs": [rs[0]["epochs"][i]["epoch"] for i in range(n_epochs)],
-        "curve": curve, "train_curve": train_curve,
-        "epochs_to_25pct_train_error": to25,
-        "wall_seconds": statistics.fmean(r["wall_seconds"] for r in rs),
-        "images_per_sec": statistics.fmean(r["images_per_sec_median"]
-                                           for r in rs),
-    })
-  order = {_key(c): i for i, c in enumerate(_grid(axes))}
-  cells.sort(key=lambda c: order.get(c["name"], len(order)))
-  spread = statistics.fmean(c["std"] for c in cells if len(c["seeds"]) > 1) \
-      if any(len(c["seeds"]) > 1 for c in cells) else None
-  comparisons = [comp for field, values in axes
-                 for comp in _compare(field, values, cells, spread)]
-  planned = len(_grid(axes)) * len(plan["seeds"])
-  done = {(c["name"], s) for c in cells for s in c["seeds"]}
-  missing = [f"{_key(c)} seed {s}" for c in _grid(axes) for s in plan["seeds"]
-             if (_key(c), s) not in done]
-  return {"axes": plan["axes"], "seeds": plan["seeds"], "cells": cells,
-          "seed_spread": spread, "comparisons": comparisons,
-          "runs_planned": planned, "runs_done": len(runs), "missing": missing,
-          "config": runs[0]["config"], "commits": sorted(
-              {r.get("commit", "") for r in runs})}
+  for v in views:
+    by_cell.setdefault(_key(v["cell"]), []).append(v)
+  grid = _grid(axes)
+  order = {_key(c): i for i, c in enumerate(grid)}
+  cells = [_cell(k, sorted(vs, key=lambda v: v["seed"]))
+           for k, vs in sorted(by_cell.items(),
+                               key=lambda kv: order.get(kv[0], len(order)))]
+  done = {(_key(v["cell"]), v["seed"]) for v in views}
+  seeds = list(dict.fromkeys(list(plan["seeds"]) + sorted(
+      {v["seed"] for v in views})))
+  complete = [s for s in seeds if all((_key(c), s) in done for c in grid)]
+  partial = [s for s in seeds if s not in complete and any(
+      (_key(c), s) in done for c in grid)]
+  splits = sorted({v["eval_split"] for v in views})
+  report = {
+      "axes": plan["axes"], "seeds": plan["seeds"], "cells": cells,
+      "eval_splits": splits, "old_style_runs": sum(not v["new"] for v in views),
+      "seed_spread": (statistics.fmean(c["val_sd"] for c in cells
+                                       if len(c["seeds"]) > 1)
+                      if any(len(c["seeds"]) > 1 for c in cells) else None),
+      "seeds_complete": complete, "seeds_left_out": partial,
+      "comparisons": [], "family": None, "anova": None,
+      "runs_planned": len(grid) * len(plan["seeds"]), "runs_done": len(runs),
+      "missing": [f"{_key(c)} seed {s}" for c in grid for s in plan["seeds"]
+                  if (_key(c), s) not in done],
+      "config": runs[0]["config"],
+      "commits": sorted({v["commit"] for v in views})}
+  if complete:
+    val = {(_key(v["cell"]), v["seed"]): v["val"] for v in views}
+    shape = [len(complete)] + [len(vals) for _, vals in axes]
+    y = np.array([val[(_key(c), s)] for s in complete for c in grid]
+                 ).reshape(shape)
+    names = [f for f, _ in axes]
+    comps = stats.contrasts(y, [vals for _, vals in axes], names)
+    short = _short(axes)
+    for c in comps:
+      c["text"] = _words(c, short, _error_name(splits))
+    report["comparisons"] = comps
+    report["family"] = (
+        f"Holm over all {len(comps)} contrasts listed (every axis; main "
+        "effects" + (" and simple effects" if len(axes) > 1 else "") +
+        "), on the final validation top-1 error")
+    report["anova"] = stats.blocked_anova(
+        y, names, [complete] + [vals for _, vals in axes])
+  return report
 
 
-def _grid(axes):
-  import itertools  # pylint: disable=g-import-not-at-top
-  fields = [f for f, _ in axes]
-  return [dict(zip(fields, combo))
-          for combo in itertools.product(*[v for _, v in axes])]
+def _error_name(splits) -> str:
+  return ("error on the test split used as eval split" if splits == ["test"]
+          else "validation error")
 
 
-def _compare(field, values, cells, spread):
-  """Each value of one axis against its reference, overall and per context
-  (the other axes fixed)."""
-  ref = values[0]
-  out = []
-  for value in values[1:]:
-    def finals(v, context=None):
-      return [x for c in cells if c["cell"][field] == v and (
-          context is None or all(c["cell"][k] == w for k, w in context.items()))
-              for x in c["final_top1"]]
-    contexts = [None] + [
-        {k: w for k, w in c["cell"].items() if k != field}
-        for c in cells if c["cell"][field] == ref and len(c["cell"]) > 1]
-    for context in contexts:
-      a, b = finals(ref, context), finals(value, context)
-      if not a or not b:
-        continue
-      stats = welch(a, b)
-      out.append({"field": field, "reference": ref, "value": value,
-                  "context": context, **stats,
-                  "text": _words(field, ref, value, context, stats, spread)})
-  return out
+def _num(x, fmt) -> str:
+  return "-" if x is None else format(x, fmt)
 
 
-def _words(field, ref, value, context, s, spread) -> str:
-  where = ("over all cells" if context is None else "with " + ", ".join(
-      f"{k}={v}" for k, v in context.items()))
-  head = (f"{field}={value} instead of {ref} ({where}, n = {s['n'][0]} vs "
-          f"{s['n'][1]} runs): final test top-1 error {s['diff']:+.2f} "
-          f"points, standard error {s['se']:.2f}")
-  if s["p"] is None:
-    return head + "; too few runs for a t-test."
-  verdict = ("significant at the 5% level" if s["p"] < 0.05 else
-             "not significant at the 5% level")
-  size = ""
-  if spread is not None:
-    size = (f"; the difference is {'larger' if abs(s['diff']) > spread else 'smaller'} "
-            f"than the seed-to-seed spread ({spread:.2f} points)")
-  return (f"{head} (Welch t = {s['t']:.2f}, df = {s['df']:.1f}, "
-          f"p = {s['p']:.3f}: {verdict}){size}.")
+def _p(p, relation: str = "") -> str:
+  """0.017 (or "= 0.017" with relation "= "), "< 0.001" for small p."""
+  return "-" if p is None else ("< 0.001" if p < 0.001 else
+                                f"{relation}{p:.2g}")
+
+
+def _words(c: dict, short: dict, error: str) -> str:
+  """norm=none - norm=lrn, averaged over pool: +0.76 points validation
+  error (95% CI +0.2 to +1.3, paired over 5 seeds, ..., Holm p = 0.03)."""
+  f = short[c["field"]]
+  if c["context"] is None:
+    where = ("" if not c["averaged_over"] else ", averaged over " +
+             ", ".join(short[k] for k in c["averaged_over"]))
+  else:
+    where = " at " + ", ".join(f"{short[k]}={v}" for k, v in
+                               c["context"].items())
+  head = (f"{f}={c['value']} - {f}={c['reference']}{where}: "
+          f"{c['mean']:+.2f} points {error}")
+  if c["n"] < 2:
+    return f"{head} (one seed: no interval, no test)"
+  lo, hi = c["ci"]
+  test = (f"t({c['df']}) = {c['t']:.2f}, p {_p(c['p'], '= ')}, Holm p "
+          f"{_p(c['p_holm'], '= ')}" if c["p"] is not None else
+          "every seed gives the same difference, no test")
+  boot = ("" if "bootstrap_ci" not in c else
+          "; seed-bootstrap 95% CI {:+.2f} to {:+.2f}".format(
+              *c["bootstrap_ci"]))
+  return (f"{head} (95% CI {lo:+.2f} to {hi:+.2f}, paired over {c['n']} "
+          f"seeds, {test}{boot})")
+
+
+def _pm(ms) -> str:
+  return "-" if ms is None else f"{ms[0]:.2f} +- {ms[1]:.2f}"
 
 
 def to_markdown(report: dict) -> str:
+  splits = report["eval_splits"]
+  n_min = min(len(c["seeds"]) for c in report["cells"])
+  axes = "; ".join(f"{f} = {' | '.join(map(str, v))}"
+                   for f, v in report["axes"])
   lines = ["# Sweep results", "",
            f"{report['runs_done']} of {report['runs_planned']} runs done "
-           f"(axes: {'; '.join(f + ' = ' + ' | '.join(map(str, v)) for f, v in report['axes'])}; "
+           f"(axes: {axes}; "
            f"seeds {', '.join(map(str, report['seeds']))}). Errors in % "
-           "(test top-1 at the last epoch, mean +- sample std over seeds).",
-           ""]
+           f"at the last evaluation, mean +- sample sd over seeds; the "
+           f"validation (eval) split: {', '.join(splits)}.", ""]
+  if splits == ["test"]:
+    lines += ["These runs evaluated on the test split at every epoch (no "
+              "held-out validation split): their 'validation' error is the "
+              "test error, and no separate test number exists.", ""]
+  if report["old_style_runs"]:
+    lines += [f"{report['old_style_runs']} old-style run files: their "
+              "per-epoch training error is the unweighted mean of the log "
+              "windows, and epochs to 25% is interpolated between epoch "
+              "means.", ""]
+  if n_min < 5:
+    lines += [f"With n = {n_min} seeds per cell this is a screen: the "
+              "intervals are wide, and a difference that is not "
+              "significant is no evidence of no effect.", ""]
   if report["missing"]:
     lines += [f"Not done yet: {'; '.join(report['missing'])}.", ""]
-  lines += ["| cell | seeds | final top-1 error | top-5 | best epoch | "
-            "epochs to 25% train error | wall time per run | images/s |",
-            "|---|---|---|---|---|---|---|---|"]
+  lines += ["| cell | seeds | validation top-1 | 95% CI | top-5 | final "
+            "training error | train/val gap | best epoch | epochs to 25% "
+            "train error | wall time per run | images/s |",
+            "|---|---|---|---|---|---|---|---|---|---|---|"]
   for c in report["cells"]:
-    to25 = ", ".join("-" if e is None else f"{e:g}"
+    to25 = ", ".join("-" if e is None else f"{e:.2f}"
                      for e in c["epochs_to_25pct_train_error"])
     lines.append(
-        f"| {c['name']} | {len(c['seeds'])} | {c['mean']:.2f} +- "
-        f"{c['std']:.2f} | {c['top5_mean']:.2f} | {c['best_epoch']} | {to25} "
-        f"| {c['wall_seconds'] / 60:.1f} min | {c['images_per_sec']:.0f} |")
-  lines += ["", "## Differences", ""]
+        f"| {c['name']} | {len(c['seeds'])} | {c['val_mean']:.2f} +- "
+        f"{c['val_sd']:.2f} | {_num(c['val_ci'][0], '.2f')} to "
+        f"{_num(c['val_ci'][1], '.2f')} | {c['val_top5_mean']:.2f} | "
+        f"{_pm(c['final_train_error'])} | {_pm(c['train_val_gap'])} | "
+        f"{c['best_epoch']} | {to25} | {c['wall_seconds'] / 60:.1f} min | "
+        f"{c['images_per_sec']:.0f} |")
+  if any(c["test_top1"] for c in report["cells"]):
+    lines += ["", "## Test split (evaluated once at the end of training)",
+              "", "Nothing in a run was chosen on it.", "",
+              "| cell | runs with a test row | test top-1 | test top-5 |",
+              "|---|---|---|---|"]
+    lines += [f"| {c['name']} | {(c['test_top1'] or [0, 0, 0])[2]} | "
+              f"{_pm(c['test_top1'])} | {_pm(c['test_top5'])} |"
+              for c in report["cells"]]
+  if any(c["lrn_final"] for c in report["cells"]):
+    lines += ["", "## LRN statistic at the last evaluation (mean over "
+              "seeds; alexnet_jax/lrn_stats.py)", "",
+              "| cell | layer | spread | mean | logdev |",
+              "|---|---|---|---|---|"]
+    lines += [f"| {c['name']} | {layer} | {_num(d.get('spread'), '.4g')} | "
+              f"{_num(d.get('mean'), '.4g')} | {_num(d.get('logdev'), '.4g')} |"
+              for c in report["cells"] for layer, d in c["lrn_final"].items()]
+  lines += ["", "## Effects (paired over seeds)", ""]
+  done, left = report["seeds_complete"], report["seeds_left_out"]
+  if not done:
+    lines.append("No seed is complete in every cell yet: no paired analysis.")
+  else:
+    lines.append(f"On the {len(done)} seeds complete in every cell "
+                 f"({', '.join(map(str, done))})" + (
+                     f"; left out: {len(left)} seeds incomplete "
+                     f"({', '.join(map(str, left))})" if left else "") +
+                 f". {report['family']}.")
+    lines += [""] + [f"- {c['text']}." for c in report["comparisons"]]
+    lines += ["", "Blocked ANOVA of the final validation top-1 error "
+              "(seeds as an additive block factor; SS in points^2). Its F "
+              "tests pool one residual over all cells; each contrast above "
+              "uses only its own per-seed differences (df = seeds - 1).", "",
+              "| source | SS | df | MS | F | p |", "|---|---|---|---|---|---|"]
+    lines += [f"| {t['source']} | {t['ss']:.3f} | {t['df']} | "
+              f"{_num(t['ms'], '.3f')} | {_num(t['F'], '.2f')} | {_p(t['p'])} |"
+              for t in report["anova"]["terms"]]
   if report["seed_spread"] is not None:
-    lines.append(f"Seed-to-seed spread (mean within-cell std): "
-                 f"{report['seed_spread']:.2f} points.")
-    lines.append("")
-  lines += [f"- {c['text']}" for c in report["comparisons"]]
+    lines += ["", f"Seed-to-seed spread (mean within-cell sd): "
+              f"{report['seed_spread']:.2f} points."]
   lines += ["", f"Commits: {', '.join(report['commits'])}."]
   return "\n".join(lines) + "\n"
 
 
 def _curves(plt, report, key, ylabel, path, hline=None) -> None:
-  """One line per cell (mean over seeds) with a +-1 std band."""
+  """One line per cell (mean over seeds) with its 95% CI band."""
   fig, ax = plt.subplots(figsize=(7, 4.5))
   for i, c in enumerate(report["cells"]):
     pts = [(x, v) for x, v in zip(c["curve_epochs"], c[key]) if v is not None]
     x = [p[0] for p in pts]
-    m = [p[1][0] for p in pts]
-    s = [p[1][1] for p in pts]
-    ax.plot(x, m, "-", color=f"C{i}", label=f"{c['name']} (n={len(c['seeds'])})")
-    ax.fill_between(x, [a - b for a, b in zip(m, s)],
-                    [a + b for a, b in zip(m, s)], color=f"C{i}", alpha=0.2)
+    ax.plot(x, [p[1][0] for p in pts], "-", color=f"C{i}",
+            label=f"{c['name']} (n={len(c['seeds'])})")
+    band = [p for p in pts if p[1][1] is not None]
+    if band:
+      ax.fill_between([p[0] for p in band], [p[1][1] for p in band],
+                      [p[1][2] for p in band], color=f"C{i}", alpha=0.2)
   if hline is not None:
     ax.axhline(hline, color="gray", linestyle="--", linewidth=1)
   ax.set_xlabel("epoch")
   ax.set_ylabel(ylabel)
+  ax.set_title("mean over seeds, band: 95% CI", fontsize=9)
   ax.grid(alpha=0.3)
   ax.legend(fontsize=8)
   fig.tight_layout()
@@ -227,21 +320,31 @@ def plot(report: dict, results: str) -> None:
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-  _curves(plt, report, "curve", "test top-1 error (%)",
+  split = "/".join(report["eval_splits"])
+  _curves(plt, report, "curve", f"validation ({split}) top-1 error (%)",
           os.path.join(results, "curves.png"))
-  _curves(plt, report, "train_curve", "training error (%), mean over the epoch",
+  weights = ("mean over the log windows" if report["old_style_runs"]
+             else "step-weighted")
+  _curves(plt, report, "train_curve", f"training error (%), {weights}",
           os.path.join(results, "train_curves.png"), hline=25.0)
 
+  cells = report["cells"]
   fig, ax = plt.subplots(figsize=(7, 4))
-  names = [c["name"] for c in report["cells"]]
-  ax.bar(range(len(names)), [c["mean"] for c in report["cells"]],
-         yerr=[c["std"] for c in report["cells"]], capsize=4,
-         color=[f"C{i}" for i in range(len(names))])
-  ax.set_xticks(range(len(names)), names, rotation=20, ha="right", fontsize=8)
-  ax.set_ylabel("final test top-1 error (%), mean +- std")
-  lo = min(c["mean"] - c["std"] for c in report["cells"])
-  hi = max(c["mean"] + c["std"] for c in report["cells"])
-  ax.set_ylim(max(0, lo - (hi - lo) - 1), hi + (hi - lo) * 0.5 + 1)
+  lo = [c["val_ci"][0] if c["val_ci"][0] is not None else c["val_mean"]
+        for c in cells]
+  hi = [c["val_ci"][1] if c["val_ci"][1] is not None else c["val_mean"]
+        for c in cells]
+  ax.bar(range(len(cells)), [c["val_mean"] for c in cells],
+         yerr=[[c["val_mean"] - l for c, l in zip(cells, lo)],
+               [h - c["val_mean"] for c, h in zip(cells, hi)]], capsize=4,
+         color=[f"C{i}" for i in range(len(cells))])
+  ax.set_xticks(range(len(cells)), [c["name"] for c in cells], rotation=20,
+                ha="right", fontsize=8)
+  ax.set_ylabel(f"final {split} top-1 error (%)")
+  ax.set_title("validation error per cell: mean, 95% CI over seeds",
+               fontsize=9)
+  span = max(hi) - min(lo)
+  ax.set_ylim(max(0, min(lo) - span - 1), max(hi) + span * 0.5 + 1)
   ax.grid(axis="y", alpha=0.3)
   fig.tight_layout()
   fig.savefig(os.path.join(results, "bars.png"), dpi=110)

@@ -12,16 +12,17 @@ import numpy as np
 from flax import nnx
 
 from alexnet_jax import layers
-from alexnet_jax import ops
 
 
 def torch_alexnet(config, lrn: str = "slices"):
   """The config's AlexNet as a torch.nn.Module taking NCHW float32 images.
 
   Same channels, towers (groups=2), conv1 geometry (the bottom/right pad of
-  `conv1_padding=-1` included), LRN inside each tower, pooling, dropout and
-  activation. lrn='module' is torch.nn.LocalResponseNorm(5, alpha=5e-4)
-  (torch divides alpha by n); 'slices' the same formula by hand.
+  `conv1_padding=-1` included), LRN inside each tower with the config's
+  constants (model.lrn), the norm=scale factors, pooling (ceil_mode for
+  pool_mode=ceil), dropout and activation. lrn='module' is
+  torch.nn.LocalResponseNorm(n, alpha=alpha * n) (torch divides alpha by
+  n); 'slices' the same formula by hand.
   """
   # Long (75 lines) because the torch modules are local classes that close
   # over this config's sizes: an independent network written out in full.
@@ -36,16 +37,18 @@ def torch_alexnet(config, lrn: str = "slices"):
   window, stride = g.pool_window, g.pool_stride
   act = {"relu": nn.ReLU, "tanh": nn.Tanh}[c.activation]
 
-  n_lrn, r = ops.LRN_N, ops.LRN_N // 2
+  lc = layers.resolve_lrn(c.get("lrn") and c.lrn.to_dict())
+  n_lrn, r = lc.n, lc.n // 2
+  scales = list(c.get("norm_scale", ()) or (lc.constant,) * 2)
+  ceil = bool(any(g.pool_pads))
 
   class TowerLRN(nn.Module):
     """torch.nn.LocalResponseNorm on each tower's channels."""
 
     def __init__(self):
       super().__init__()
-      self.lrn = nn.LocalResponseNorm(n_lrn, alpha=ops.LRN_ALPHA * n_lrn,
-                                      beta=ops.LRN_BETA,
-                                      k=ops.LRN_K)
+      self.lrn = nn.LocalResponseNorm(n_lrn, alpha=lc.alpha * n_lrn,
+                                      beta=lc.beta, k=lc.k)
 
     def forward(self, x):
       return torch.cat([self.lrn(t) for t in x.chunk(towers, dim=1)], dim=1)
@@ -59,8 +62,17 @@ def torch_alexnet(config, lrn: str = "slices"):
                                    (0, 0, 0, 0, r, n_lrn - 1 - r))
       per = ch // towers
       s = sum(sq[:, :, i:i + per] for i in range(n_lrn)).view(b, ch, h, w)
-      return x * (ops.LRN_K + ops.LRN_ALPHA * s).pow(
-          -ops.LRN_BETA)
+      return x * (lc.k + lc.alpha * s).pow(-lc.beta)
+
+  class Scale(nn.Module):
+    """norm=scale: a fixed factor."""
+
+    def __init__(self, factor):
+      super().__init__()
+      self.factor = factor
+
+    def forward(self, x):
+      return x * self.factor
 
   if lrn not in ("slices", "module"):
     raise ValueError(f"lrn must be slices or module, got {lrn!r}")
@@ -74,17 +86,22 @@ def torch_alexnet(config, lrn: str = "slices"):
     mods.append(act())
     if norm == "lrn" and layer is not None:
       mods.append(TowerLRN() if lrn == "module" else SliceLRN())
+    if norm == "scale" and layer is not None:
+      mods.append(Scale(scales[layer - 1]))
     return mods
+
+  def pool():
+    return nn.MaxPool2d(window, stride, ceil_mode=ceil)
 
   size_out = g.stage_sizes[-1]
   g = towers
   seq = [nn.ZeroPad2d((pl, pr, pt, pb))]
   seq += block(3, ch[0], k1, 1, s1, 0, layer=1)
-  seq += [nn.MaxPool2d(window, stride)]
+  seq += [pool()]
   seq += block(ch[0], ch[1], 5, g, layer=2)
-  seq += [nn.MaxPool2d(window, stride)]
+  seq += [pool()]
   seq += block(ch[1], ch[2], 3, 1) + block(ch[2], ch[3], 3, g)
-  seq += block(ch[3], ch[4], 3, g) + [nn.MaxPool2d(window, stride)]
+  seq += block(ch[3], ch[4], 3, g) + [pool()]
   # NHWC flattening order does not matter for speed; torch flattens NCHW.
   seq += [nn.Flatten(),
           nn.Linear(size_out * size_out * ch[4], fc[0]), act(),

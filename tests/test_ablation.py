@@ -7,9 +7,7 @@ import subprocess
 import sys
 import time
 
-import numpy as np
 import pytest
-from scipy import stats
 
 from experiments import ablation
 from experiments import sweep_report
@@ -47,23 +45,11 @@ def test_axes_parse_and_cells_start_with_the_reference():
     ablation.parse_axes(("model.norm=lrn|none", "model.norm=lrn|batchnorm"))
 
 
-def test_welch_matches_a_hand_computation():
-  a, b = [10.0, 12.0, 14.0], [13.0, 15.0, 20.0]
-  # By hand: means 12 and 16; variances 4 and 13; se = sqrt(4/3 + 13/3).
-  se = (17 / 3) ** 0.5
-  df = (17 / 3) ** 2 / ((4 / 3) ** 2 / 2 + (13 / 3) ** 2 / 2)
-  got = sweep_report.welch(a, b)
-  np.testing.assert_allclose([got["diff"], got["se"], got["t"], got["df"]],
-                             [4.0, se, 4.0 / se, df], rtol=1e-12)
-  want = stats.ttest_ind(b, a, equal_var=False)
-  np.testing.assert_allclose([got["t"], got["p"]],
-                             [want.statistic, want.pvalue], rtol=1e-10)
-  assert sweep_report.mean_std([1.0, 2.0, 3.0, 4.0]) == (2.5, np.std(
-      [1.0, 2.0, 3.0, 4.0], ddof=1))
-
-
 def test_a_2x2_sweep_runs_reports_and_skips_what_is_done(tmp_path):
-  proc = sweep(tmp_path, "--config.sweep.seeds=(0, 1)")
+  # 2 x 2 of the config's axes (its norm axis has a third value, scale).
+  grid = ("--config.sweep.axes=('model.norm=lrn|none', "
+          "'model.pool=overlap|nonoverlap')", "--config.sweep.seeds=(0, 1)")
+  proc = sweep(tmp_path, *grid)
   assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
   results = tmp_path / "results"
   runs = sorted(os.listdir(results / "runs"))
@@ -85,10 +71,11 @@ def test_a_2x2_sweep_runs_reports_and_skips_what_is_done(tmp_path):
   rebuilt = json.loads(json.dumps(sweep_report.build(str(results))))
   assert rebuilt == report
   md = (results / "results.md").read_text()
-  assert "model.norm=none instead of lrn (over all cells, n = 4 vs 4" in md
+  assert ("norm=none - norm=lrn, averaged over pool: " in md and
+          "paired over 2 seeds" in md)
 
   before = {r: (results / "runs" / r).stat().st_mtime_ns for r in runs}
-  again = sweep(tmp_path, "--config.sweep.seeds=(0, 1)")
+  again = sweep(tmp_path, *grid)
   assert again.returncode == 0
   assert "8 done, 0 to run" in again.stdout
   assert "alexnet_jax.main" not in again.stdout  # Nothing was trained.
