@@ -232,7 +232,7 @@ def benchmark(config, *, what: str = "train", batch_size: int | None = None,
   flops = runners["jax"].flops
   result = {
       "what": what, "batch": batch_size,
-      "model": dict(config.model), "half_precision": config.half_precision,
+      "model": config.model.to_dict(), "half_precision": config.half_precision,
       "params": runners["jax"].params,
       "flops_per_step": flops,
       "flops_source": "jaxpr: 2 x multiply-adds of convolutions and matmuls",

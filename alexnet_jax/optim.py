@@ -2,9 +2,15 @@
 
 The paper's update (section 5), with learning rate e, momentum m, decay wd:
     v <- m * v - e * wd * w - e * dL/dw,    w <- w + v
-is `chain(add_decayed_weights(wd), scale by -e, trace(m))`: the rate
-multiplies each gradient as it enters the velocity, so a rate change does not
-rescale the velocity already accumulated (`optax.sgd` would). The rate is an
+is `chain(add decay, scale by -e, trace(m))`: the rate multiplies each
+gradient as it enters the velocity, so a rate change does not rescale the
+velocity already accumulated (`optax.sgd` would). Where the paper's text is
+silent the defaults are the authors' code (cuda-convnet2's ImageNet layer
+parameters, and Caffe's bvlc_alexnet alike): biases are not decayed
+(optim.decay_biases=False) and learn at twice the rate (optim.bias_lr_scale
+=2: e becomes 2e for them, decay included when decayed); a layer's decay can
+be set on its own (optim.layer_weight_decay, as cuda-convnet's per-layer
+`wc`). docs/recipe.md compares the recipes. The rate is an
 argument of the train step, computed on the host by `LearningRate`, because
 the paper's schedule (divide by 10 when validation error stops improving)
 depends on evaluations, not on the step alone.
@@ -24,39 +30,93 @@ ConfigError = preflight.ConfigError
 SCHEDULES = preflight.SCHEDULES
 
 
-def _per_layer(fn, scales: dict[str, float], *trees):
-  """jax.tree.map(fn(scale, *leaves)) with each leaf's layer's scale (the
-  first key of its path: the model attribute; 1 where scales has none)."""
-  def layer(path):
-    return getattr(path[0], "key", None) if path else None
+def _layer(path) -> str | None:
+  """The model attribute a parameter belongs to: its path's first key."""
+  return getattr(path[0], "key", None) if path else None
+
+
+def is_bias(leaf) -> bool:
+  """A bias: a vector (ndim == 1) in the model's parameters.
+
+  These are the conv and fc biases and, with model.norm=batchnorm,
+  BatchNorm's per-channel bias and scale: the BatchNorm bias is the bias of
+  conv1/conv2 there (they have none), and the scale is left undecayed as a
+  bias is in the usual practice for BatchNorm.
+  """
+  return leaf.ndim == 1
+
+
+def _map(fn, *trees):
+  """jax.tree.map(fn(layer, leaf, *other leaves)) over matching trees."""
   return jax.tree_util.tree_map_with_path(
-      lambda path, *leaves: fn(scales.get(layer(path), 1.0), *leaves),
-      *trees)
+      lambda path, *leaves: fn(_layer(path), *leaves), *trees)
 
 
-def _scale_by_rate_arg(scales: dict[str, float]
-                       ) -> optax.GradientTransformationExtraArgs:
-  """Multiplies updates by -learning_rate (given to each update call) times
-  the layer's scale (finetune.lr_scale)."""
-  def update(updates, state, params=None, *, learning_rate, **extra):
-    del params, extra
-    return _per_layer(lambda s, u: -learning_rate * s * u, scales,
-                      updates), state
+class _Rates:
+  """Each parameter's multiplier of the learning rate and its decay rate.
+
+  rate: the layer's scale (finetune.lr_scale) times optim.bias_lr_scale for
+  a bias; decay: optim.layer_weight_decay's value for the layer (else
+  optim.weight_decay), 0 for a bias unless optim.decay_biases.
+  """
+
+  def __init__(self, optim: ml_collections.ConfigDict,
+               layer_scales: dict[str, float]):
+    self.scales = layer_scales
+    self.bias_scale = float(optim.get("bias_lr_scale", 1.0))
+    self.decay_biases = optim.decay_biases
+    self.wd = float(optim.weight_decay)
+    self.layer_wd = {k: float(v) for k, v in
+                     dict(optim.get("layer_weight_decay") or {}).items()}
+
+  def rate(self, layer, leaf) -> float:
+    bias = self.bias_scale if is_bias(leaf) else 1.0
+    return self.scales.get(layer, 1.0) * bias
+
+  def decay(self, layer, leaf) -> float:
+    if is_bias(leaf) and not self.decay_biases:
+      return 0.0
+    return self.layer_wd.get(layer, self.wd)
+
+
+def _transform(update) -> optax.GradientTransformationExtraArgs:
   return optax.GradientTransformationExtraArgs(
       lambda params: optax.EmptyState(), update)
 
 
-def _decoupled_decay(rate: float, mask, scales: dict[str, float]
-                     ) -> optax.GradientTransformation:
-  """Adds -learning_rate * (layer scale) * rate * w to the final update."""
+def _scale_by_rate_arg(rates: _Rates) -> optax.GradientTransformationExtraArgs:
+  """Multiplies updates by -learning_rate (given to each update call) times
+  the parameter's rate multiplier (layer scale, bias scale)."""
+  def update(updates, state, params=None, *, learning_rate, **extra):
+    del params, extra
+    return _map(lambda l, u: -learning_rate * rates.rate(l, u) * u,
+                updates), state
+  return _transform(update)
+
+
+def _coupled_decay(rates: _Rates) -> optax.GradientTransformationExtraArgs:
+  """Adds decay * w to the gradient (before the rate: the paper's)."""
+  def update(updates, state, params, **extra):
+    del extra
+
+    def one(layer, u, w):
+      wd = rates.decay(layer, w)
+      return u + wd * w if wd else u
+    return _map(one, updates, params), state
+  return _transform(update)
+
+
+def _decoupled_decay(rates: _Rates) -> optax.GradientTransformationExtraArgs:
+  """Adds -learning_rate * (rate multiplier) * decay * w to the final
+  update."""
   def update(updates, state, params, *, learning_rate, **extra):
     del extra
-    updates = _per_layer(lambda s, u, w: u - learning_rate * s * rate * w,
-                         scales, updates, params)
-    return updates, state
-  tx = optax.GradientTransformationExtraArgs(
-      lambda params: optax.EmptyState(), update)
-  return optax.masked(tx, mask) if mask is not None else tx
+
+    def one(layer, u, w):
+      wd = rates.decay(layer, w)
+      return u - learning_rate * rates.rate(layer, w) * wd * w if wd else u
+    return _map(one, updates, params), state
+  return _transform(update)
 
 
 def create_optimizer(optim: ml_collections.ConfigDict,
@@ -65,19 +125,17 @@ def create_optimizer(optim: ml_collections.ConfigDict,
   """SGD with momentum and weight decay as configured (paper by default).
 
   `update` takes the current rate as `learning_rate=`. layer_scales
-  ({model attribute: multiplier}, finetune.py) multiplies a layer's rate as
-  the rate itself does: as each gradient enters the velocity.
+  ({model attribute: multiplier}, finetune.py) and optim.bias_lr_scale
+  multiply a parameter's rate as the rate itself does: as each gradient
+  enters the velocity, v <- m v - e s (wd w + dL/dw), decay included.
   """
-  scales = dict(layer_scales or {})
-  # Decay applies to every parameter, or (decay_biases=False) to kernels only.
-  mask = None if optim.decay_biases else (
-      lambda params: jax.tree.map(lambda w: w.ndim > 1, params))
-  sgd = [_scale_by_rate_arg(scales), optax.trace(optim.momentum)]
-  mode, wd = optim.weight_decay_mode, optim.weight_decay
+  rates = _Rates(optim, dict(layer_scales or {}))
+  sgd = [_scale_by_rate_arg(rates), optax.trace(optim.momentum)]
+  mode = optim.weight_decay_mode
   if mode == "coupled":
-    return optax.chain(optax.add_decayed_weights(wd, mask), *sgd)
+    return optax.chain(_coupled_decay(rates), *sgd)
   if mode == "decoupled":
-    return optax.chain(*sgd, _decoupled_decay(wd, mask, scales))
+    return optax.chain(*sgd, _decoupled_decay(rates))
   if mode == "none":
     return optax.chain(*sgd)
   raise ConfigError(f"optim.weight_decay_mode must be coupled, decoupled or "

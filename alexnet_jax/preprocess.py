@@ -2,10 +2,16 @@
 
 The central square of the image, resized to data.resize_size (256), a
 random image_size crop (227 or 224) and a horizontal flip for training, PCA
-colour lighting, then the per-channel mean is subtracted. Pixels are on the
-0-255 scale minus data.mean (as the paper and Caffe), divided by data.std
-when given; PCA eigenvalues are given for pixels in [0, 1], so the lighting
-shift is scaled by 255. For JPEGs the random crop is fused with the decode
+colour lighting, then the mean is subtracted. Pixels are on the 0-255 scale
+minus the mean (as the paper and Caffe), divided by data.std when given.
+The mean is data.mean, one value per channel, or, when data.mean_image
+names a file (written by `python -m alexnet_jax.compute_mean`), the
+paper's per-pixel mean of the training set: then data.mean is not used,
+and each crop has the window of the mean image it was cut from subtracted
+(before any mirroring), in every path below. The lighting's eigenvalues
+and eigenvectors (data.pca_eigval, data.pca_eigvec; ImageNet's by default)
+are for pixels in [0, 1], so the shift is scaled by 255. For JPEGs the
+random crop is fused with the decode
 (decode_and_crop_jpeg): only the crop window (333x333 of a 500x375 photo for
 227 crops of the 256 square) is decoded, then resized to image_size; the
 pixels equal those of resizing first up to interpolation
@@ -19,6 +25,9 @@ shard, position in the stream): stateless, so a resumed run draws the same.
 
 from __future__ import annotations
 
+import functools
+import os
+
 import numpy as np
 
 from alexnet_jax.sources import SOURCES
@@ -26,7 +35,7 @@ from alexnet_jax.sources import DataError
 from alexnet_jax.sources import lazy_tf
 
 # ImageNet RGB covariance for pixels in [0, 1] (the paper's "fancy PCA");
-# eigenvectors are the columns.
+# eigenvectors are the columns. data.pca_eigval/pca_eigvec default to them.
 PCA_EIGVAL = np.array([0.2175, 0.0188, 0.0045], np.float32)
 PCA_EIGVEC = np.array([[-0.5675, 0.7192, 0.4009],
                        [-0.5808, -0.0045, -0.8140],
@@ -55,6 +64,68 @@ def check_options(config, image_size: int):
   if d.get("classes") and d.source != "folder":
     raise DataError(f"data.classes picks class folders of source=folder; "
                     f"with source={d.source} leave it empty")
+  _check_pca(d)
+  if per_pixel(d):
+    mean = mean_image(d)
+    if mean.ndim != 3 or mean.shape[2] != 3 or mean.shape[0] != mean.shape[1]:
+      raise DataError(f"data.mean_image {d.mean_image} must be a square "
+                      f"HxWx3 image, got shape {mean.shape}")
+    k = mean.shape[0]
+    if d.resize_size and k != d.resize_size:
+      raise DataError(f"data.mean_image {d.mean_image} is {k}x{k}, "
+                      f"data.resize_size {d.resize_size}: compute it at "
+                      f"the same resize_size")
+    if k < image_size:
+      raise DataError(f"data.mean_image {d.mean_image} is {k}x{k}, smaller "
+                      f"than the {image_size} model input")
+    if not np.isfinite(mean).all():
+      raise DataError(f"data.mean_image {d.mean_image} holds non-finite "
+                      f"values")
+
+
+def _check_pca(d):
+  """data.pca_eigval (3 numbers >= 0) and pca_eigvec (3x3, columns)."""
+  val, vec = eigen(d)
+  if val.shape != (3,) or not np.isfinite(val).all() or (val < 0).any():
+    raise DataError(f"data.pca_eigval must hold 3 numbers >= 0, got "
+                    f"{d.get('pca_eigval')}")
+  if vec.shape != (3, 3) or not np.isfinite(vec).all():
+    raise DataError(f"data.pca_eigvec must be 3 rows of 3 numbers (the "
+                    f"eigenvectors are its columns), got "
+                    f"{d.get('pca_eigvec')}")
+
+
+def eigen(d) -> tuple[np.ndarray, np.ndarray]:
+  """(eigenvalues, eigenvectors as columns) of the lighting, float32."""
+  try:
+    return (np.asarray(d.get("pca_eigval", PCA_EIGVAL), np.float32),
+            np.asarray(d.get("pca_eigvec", PCA_EIGVEC), np.float32))
+  except (TypeError, ValueError):
+    raise DataError(f"data.pca_eigval and data.pca_eigvec must be numbers, "
+                    f"got {d.get('pca_eigval')} and "
+                    f"{d.get('pca_eigvec')}") from None
+
+
+def per_pixel(d) -> bool:
+  """Whether a mean image (data.mean_image) replaces data.mean."""
+  return bool(d.get("mean_image"))
+
+
+def mean_image(d) -> np.ndarray:
+  """data.mean_image, loaded (float32, side x side x 3, 0-255 scale)."""
+  path = os.path.expanduser(d.mean_image)
+  try:
+    return _load(path, os.path.getmtime(path))
+  except (OSError, ValueError) as e:
+    raise DataError(f"data.mean_image: cannot read {d.mean_image} ({e}); "
+                    f"write it with python -m alexnet_jax.compute_mean "
+                    f"--config=... --mean_image={d.mean_image}") from None
+
+
+@functools.lru_cache(maxsize=4)
+def _load(path: str, mtime: float) -> np.ndarray:
+  del mtime  # Part of the cache key: a rewritten file is read again.
+  return np.asarray(np.load(path, allow_pickle=False), np.float32)
 
 
 def augment_params(key, pca_std: float) -> dict:
@@ -79,11 +150,11 @@ def crop_offset(u, side, size: int):
                     tf.cast(room, tf.int32))
 
 
-def pca_shift(alpha):
+def pca_shift(alpha, eigval=PCA_EIGVAL, eigvec=PCA_EIGVEC):
   """The lighting shift of every pixel (0-255 scale): V @ (alpha * lambda)."""
   tf = lazy_tf()
-  return 255.0 * tf.linalg.matvec(tf.constant(PCA_EIGVEC),
-                                  alpha * tf.constant(PCA_EIGVAL))
+  return 255.0 * tf.linalg.matvec(tf.constant(eigvec, tf.float32),
+                                  alpha * tf.constant(eigval, tf.float32))
 
 
 def _square_window(h, w):
@@ -114,11 +185,17 @@ def _decode(data, window_of_shape, fused: bool):
   return tf.cond(tf.io.is_jpeg(data), jpeg, other)
 
 
+def _fixed_side(d) -> int:
+  """resize_size, else the mean image's side (0: each image's own)."""
+  return d.resize_size or (mean_image(d).shape[0] if per_pixel(d) else 0)
+
+
 def _square_side(d, s, size: int):
-  """Side of the resized square: resize_size, or the image's (0), >= size."""
+  """Side of the resized square: resize_size, else the mean image's, else
+  the image's own (s); at least size."""
   tf = lazy_tf()
-  side = tf.constant(d.resize_size) if d.resize_size else s
-  return tf.maximum(side, size)
+  side = _fixed_side(d)
+  return tf.maximum(tf.constant(side) if side else s, size)
 
 
 def _resize(image, side):
@@ -137,10 +214,21 @@ def decoded_square(d, data, size: int):
                  lambda: _resize(square, side))
 
 
-def _finish(d, image, shift=None):
-  """(image + shift - mean) / std, per channel (bias_add, then a scale)."""
+def _minus_mean_image(d, image, y, x):
+  """image - the window of data.mean_image at (y, x) of the square, where
+  the image was cut; the image itself with no mean image."""
+  if not per_pixel(d):
+    return image
   tf = lazy_tf()
-  if len(d.mean):
+  return image - tf.slice(tf.constant(mean_image(d)), tf.stack([y, x, 0]),
+                          tf.shape(image))
+
+
+def _finish(d, image, shift=None):
+  """(image + shift - mean) / std, per channel (bias_add, then a scale);
+  data.mean only without a mean image (subtracted where the crop is cut)."""
+  tf = lazy_tf()
+  if len(d.mean) and not per_pixel(d):
     mean = tf.constant(d.mean, tf.float32)
     shift = -mean if shift is None else shift - mean
   image = image if shift is None else tf.nn.bias_add(image, shift)
@@ -177,13 +265,17 @@ def train_image(d, data, key, size: int):
       return sy + oy, sx + ox, crop, crop
 
     image = _resize(_decode(data, window, True), size)
+    if per_pixel(d):  # The side is the mean image's: the same offset.
+      y, x = tf.unstack(crop_offset(draws["u"],
+                                    max(_fixed_side(d), size), size))
+      image = _minus_mean_image(d, image, y, x)
   else:
     square = decoded_square(d, data, size)
     side = tf.shape(square)[0]
     if pad:
       # The crop of the square padded by `pad` mean-colour pixels: subtract
       # the mean first, then pad the crop with zeros where it overhangs.
-      square = _finish(d, square)
+      square = _finish(d, _minus_mean_image(d, square, 0, 0))
       y, x = tf.unstack(crop_offset(draws["u"], side + 2 * pad, size) - pad)
       y0, x0 = tf.maximum(y, 0), tf.maximum(x, 0)
       y1, x1 = tf.minimum(y + size, side), tf.minimum(x + size, side)
@@ -195,14 +287,15 @@ def train_image(d, data, key, size: int):
         y, x = tf.unstack(crop_offset(draws["u"], side, size))
       else:
         y = x = (side - size) // 2
-      image = square[y:y + size, x:x + size]
+      image = _minus_mean_image(d, square[y:y + size, x:x + size], y, x)
   if d.flip:
     # tf.reverse: a negative-stride slice is several times slower.
     image = tf.cond(draws["flip"], lambda: tf.reverse(image, [1]),
                     lambda: image)
-  # Lighting and mean are one constant per channel: a single pass, since
-  # each float pass over the image costs about as much as a resize here.
-  shift = pca_shift(draws["alpha"]) if d.pca_lighting else None
+  # Lighting and a per-channel mean are one constant per channel: a single
+  # pass, since each float pass over the image costs about as much as a
+  # resize here.
+  shift = pca_shift(draws["alpha"], *eigen(d)) if d.pca_lighting else None
   if pad:  # Mean already subtracted (and the std divided).
     image = image if shift is None else tf.nn.bias_add(image,
                                                        _scaled(d, shift))
@@ -214,7 +307,8 @@ def train_image(d, data, key, size: int):
 def eval_image(d, data, size: int, crops: int):
   """The center crop (size, size, 3) or the 10 crops (10, size, size, 3)."""
   tf = lazy_tf()
-  square = decoded_square(d, data, size)
+  # A mean image is subtracted from the whole square: each crop its window.
+  square = _minus_mean_image(d, decoded_square(d, data, size), 0, 0)
   side = tf.shape(square)[0]
   c = (side - size) // 2
   if crops == 1:

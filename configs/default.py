@@ -3,6 +3,16 @@
   python -m alexnet_jax.main --config=configs/default.py --workdir=/tmp/alexnet \
       --config.data.manual_dir=/path/to/ILSVRC2012_tars
 
+Where the paper's text is silent the recipe is the authors' code
+(cuda-convnet2): biases without weight decay at twice the learning rate
+(optim.decay_biases, optim.bias_lr_scale). The mean is per channel by
+default; data.mean_image gives the paper's per-pixel mean, computed with
+`python -m alexnet_jax.compute_mean --config=... --mean_image=PATH.npy`,
+which also prints the training set's PCA eigenvectors for data.pca_eigval
+and data.pca_eigvec (ImageNet's published ones by default).
+docs/recipe.md sets the paper, the authors' code, Caffe and this project
+side by side.
+
 Options: `--config=configs/default.py:runlocal` shrinks the run to a few
 steps on synthetic data for a laptop; `:cifar10` keeps the paper's network,
 init and optimizer and reads CIFAR-10 (extracted as configs/cifar10.py says)
@@ -112,11 +122,22 @@ def get_config(arg=None):
   d.flip = True
   d.pca_lighting = True
   d.pca_std = 0.1  # Std of the PCA lighting coefficients alpha.
+  # Eigenvalues and eigenvectors (the columns) of the training set's RGB
+  # covariance, pixels in [0, 1]: ImageNet's published values. compute_mean
+  # prints a data set's own.
+  d.pca_eigval = (0.2175, 0.0188, 0.0045)
+  d.pca_eigvec = ((-0.5675, 0.7192, 0.4009),
+                  (-0.5808, -0.0045, -0.8140),
+                  (-0.5836, -0.6948, 0.4203))
   # Per-channel RGB mean on the 0-255 scale, subtracted from every pixel
   # (() for none). The ImageNet training-set mean used by Caffe and VGG;
   # for other data compute it with
   # `python -m alexnet_jax.compute_mean --config=...`.
   d.mean = (123.68, 116.78, 103.94)
+  # The paper's per-pixel mean instead: a .npy mean image (resize_size
+  # square, 0-255) written by `python -m alexnet_jax.compute_mean
+  # --config=... --mean_image=PATH.npy`. When set, data.mean is not used.
+  d.mean_image = config_dict.placeholder(str)
   # Per-channel std (0-255 scale) that the mean-subtracted pixels are divided
   # by; () keeps the paper's 0-255 scale. compute_mean prints it too.
   d.std = ()
@@ -134,7 +155,16 @@ def get_config(arg=None):
   o.momentum = 0.9
   o.weight_decay = 5e-4
   o.weight_decay_mode = "coupled"  # coupled (paper) | decoupled | none
-  o.decay_biases = True
+  # Where the paper's text is silent, the authors' code (cuda-convnet2's
+  # ImageNet layers; Caffe's bvlc_alexnet alike): weight decay on weights
+  # only, biases at twice the rate (docs/recipe.md). A bias is a vector
+  # parameter: conv/fc biases, and BatchNorm's bias and scale.
+  o.decay_biases = False
+  o.bias_lr_scale = 2.0
+  # {layer (model attribute, e.g. "fc8"): weight decay} for that layer's
+  # weights instead of weight_decay (cuda-convnet sets it per layer); on the
+  # command line: --config.optim.layer_weight_decay="{'fc8': 0.004}".
+  o.layer_weight_decay = ml_collections.ConfigDict()
   # The paper divided the rate by 10 when the validation error stopped
   # improving, three times: schedule=plateau.
   o.schedule = "plateau"  # constant | step | plateau | cosine

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# The GPU check: one command, a few minutes on one GPU (budgeted under 8),
-# that writes raw output under OUT and prints one table
-# (experiments/gpu_table.py):
+# The GPU check: one command, a few minutes on one GPU (budgeted under 8,
+# plus the paper-init run's 3,000 steps), that writes raw output under OUT
+# and prints one table (experiments/gpu_table.py):
 #   - the smoke config end to end (wall time, exit code);
 #   - train and eval images/s of the paper model at batch 128 and 256, in
 #     float32 and bfloat16, with MFU against a matmul in the same dtype
@@ -10,7 +10,12 @@
 #     archive, upscaled to 224 as the default config does) next to the train
 #     step's: which one limits;
 #   - with 2+ GPUs: the two-tower split (mesh.model=2) against data
-#     parallelism (mesh.data=2), and --mode=comm on the model=2 mesh.
+#     parallelism (mesh.data=2), and --mode=comm on the model=2 mesh;
+#   - whether the paper's init leaves chance: configs/default.py:cifar10
+#     (full width, N(0, 0.01^2) with bias 1, the authors' bias recipe) in
+#     bfloat16 on CIFAR-10 upscaled to 256, 3,000 steps of batch 128
+#     (GPU_CHECK_PAPER_STEPS; a few minutes more), and the first step at
+#     which its 100-step mean training loss is 10% below ln 10.
 #
 #   bash experiments/gpu_check.sh                # OUT=experiments/results/gpu
 #   GPU_CHECK_TINY=1 bash experiments/gpu_check.sh   # plumbing only, any CPU
@@ -30,10 +35,17 @@ if [[ -n "${GPU_CHECK_TINY:-}" ]]; then
   MODEL=(--config=configs/smoke.py)
   BATCHES=(8)
   BENCH=(--windows=1 --warmup=1 --steps=1 --peak_size=256)
+  # A handful of steps of a 1/16-width paper model, on a few images.
+  PAPER=(--config.model.width=0.0625 --config.log_every_steps=2)
+  PAPER_BATCH=8
+  PAPER_STEPS=${GPU_CHECK_PAPER_STEPS:-6}
 else
   MODEL=()
   BATCHES=(128 256)
   BENCH=(--windows=5)
+  PAPER=()
+  PAPER_BATCH=128
+  PAPER_STEPS=${GPU_CHECK_PAPER_STEPS:-3000}
 fi
 
 { date -u; uname -a; nvidia-smi 2>&1 || echo "nvidia-smi: not found"; } \
@@ -82,6 +94,30 @@ if [[ -f "$ARCHIVE" ]]; then
     --config.model.num_classes=10 --batch="${BATCHES[0]}" --json
 else
   echo "input_jpeg: skipped ($ARCHIVE not found)"
+fi
+
+if [[ -d "$SCRATCH/cifar10" ]]; then
+  DATA=$SCRATCH/cifar10
+  if [[ -n "${GPU_CHECK_TINY:-}" ]]; then  # 3 images a class, each split.
+    DATA=$SCRATCH/cifar10_few
+    for dir in "$SCRATCH"/cifar10/{train,test}/*/; do
+      sub=${dir#"$SCRATCH/cifar10/"}
+      mkdir -p "$DATA/$sub"
+      find "$dir" -type f | sort | head -3 | xargs cp -t "$DATA/$sub"
+    done
+  fi
+  rm -f "$OUT/paper_init.jsonl"
+  echo "configs/default.py:cifar10, bfloat16, $PAPER_STEPS steps of batch" \
+    "$PAPER_BATCH" > "$OUT/paper_init_run.txt"
+  step paper_init "$PY" -m alexnet_jax.main \
+    --config=configs/default.py:cifar10 --workdir="$SCRATCH/paper_init" \
+    --config.data.path="$DATA" --config.half_precision=True \
+    --config.batch_size="$PAPER_BATCH" --config.num_train_steps="$PAPER_STEPS" \
+    --config.eval_every_steps=1000 \
+    --config.checkpoint_every_steps=100000 "${PAPER[@]}"
+  cp "$SCRATCH/paper_init/metrics.jsonl" "$OUT/paper_init.jsonl" 2>/dev/null
+else
+  echo "paper_init: skipped ($ARCHIVE not found)"
 fi
 
 if (( NDEV >= 2 )); then

@@ -155,9 +155,10 @@ def copy_into_torch(params: dict, net, pool5_shape) -> None:
 class TorchTwin:
   """The torch twin of a JAX run: same parameters, the paper's update.
 
-  step() applies  v <- m v - lr (wd w + g);  w <- w + v  by hand (weight
+  step() applies  v <- m v - lr s (wd w + g);  w <- w + v  by hand (weight
   decay on every parameter, or kernels only when optim.decay_biases is
-  False), as optim.create_optimizer does. Dropout masks are torch's own.
+  False; s = optim.bias_lr_scale for biases, 1 for kernels), as
+  optim.create_optimizer does. Dropout masks are torch's own.
   """
 
   def __init__(self, config, model_state, threads: int = 2):
@@ -179,6 +180,9 @@ class TorchTwin:
     self.m = o.momentum
     self.wd = o.weight_decay if o.weight_decay_mode == "coupled" else 0.0
     self.decay_biases = o.decay_biases
+    self.bias_lr_scale = o.get("bias_lr_scale", 1.0)
+    if o.get("layer_weight_decay"):
+      raise ValueError("the twin does not implement optim.layer_weight_decay")
     self.velocity = [torch.zeros_like(p) for p in self.net.parameters()]
     self.loss = torch.nn.CrossEntropyLoss()
 
@@ -197,7 +201,8 @@ class TorchTwin:
         g = p.grad
         if self.wd and (self.decay_biases or p.ndim > 1):
           g = g + self.wd * p
-        v.mul_(self.m).sub_(lr * g)
+        v.mul_(self.m).sub_(lr * (self.bias_lr_scale if p.ndim == 1 else 1.0)
+                            * g)
         p.add_(v)
     acc = (logits.argmax(1) == y).float().mean()
     return loss.item(), acc.item()

@@ -517,7 +517,8 @@ def test_cifar10_config_reads_the_extracted_archive():
   config = cifar10.get_config()
   config.batch_size = 16
   info, batches = ip.train_iterator(config, image_size=32)
-  assert (info.num_examples, info.num_classes) == (50_000, 10)
+  # 5,000 of the 50,000 are held out for decisions (data.holdout).
+  assert (info.num_examples, info.num_classes) == (45_000, 10)
   batch = next(batches)
   assert batch["image"].shape == (16, 32, 32, 3) and batch["mask"].all()
   # Mean subtracted and divided by the per-channel std: about unit scale.

@@ -34,9 +34,12 @@ def optim_config(**overrides):
 
 
 def test_sgd_step_is_the_papers_update():
-  """v <- 0.9 v - 0.0005 e w - e g;  w <- w + v, over three steps."""
+  """v <- 0.9 v - 0.0005 e w - e g;  w <- w + v, over three steps, on
+  every parameter as the paper's text has it (the default leaves biases
+  undecayed at twice the rate, as the authors' code: tests/test_recipe.py)."""
   e, m, wd = 0.01, 0.9, 5e-4
-  tx = optim.create_optimizer(optim_config())
+  tx = optim.create_optimizer(optim_config(decay_biases=True,
+                                           bias_lr_scale=1.0))
   rng = np.random.default_rng(0)
   w = {"kernel": rng.normal(size=(3, 4)), "bias": rng.normal(size=(4,))}
   params = jax.tree.map(jnp.asarray, w)
@@ -75,7 +78,8 @@ def test_weight_decay_modes_and_bias_exclusion():
       ("decoupled", False, -0.01 * 5e-4, 0.0),
       ("none", True, 0.0, 0.0)]:
     tx = optim.create_optimizer(optim_config(weight_decay_mode=mode,
-                                             decay_biases=decay_biases))
+                                             decay_biases=decay_biases,
+                                             bias_lr_scale=1.0))
     u, _ = tx.update(zeros, tx.init(params), params, learning_rate=0.01)
     np.testing.assert_allclose(u["kernel"], want_k, rtol=1e-6, err_msg=mode)
     np.testing.assert_allclose(u["bias"], want_b, rtol=1e-6, err_msg=mode)
