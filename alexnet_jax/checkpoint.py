@@ -14,6 +14,7 @@ step that restores, naming (and setting aside) any that does not.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
@@ -252,9 +253,22 @@ def restore_latest(run, ckpts: Checkpoints, *,
       f"to start this run over, or use a new --workdir")
 
 
+# Model fields added after checkpoints were first written, with the value
+# that reproduces the network those checkpoints hold.
+ADDED_MODEL_FIELDS = {
+    "pool_mode": None, "channels": [], "fc_features": [], "norm_scale": [],
+    "lrn": {"setting": "paper", "k": None, "n": None, "alpha": None,
+            "beta": None, "average": None, "pixel_scale": 1.0},
+}
+
+
 def check_compatible(meta: dict, config: ml_collections.ConfigDict):
   """A checkpoint of another model is a user error, never overwritten."""
-  saved, now = meta.get("model_config", {}), config.model.to_dict()
+  # The saved config went through JSON (tuples came back as lists).
+  saved = dict(meta.get("model_config", {}))
+  now = json.loads(json.dumps(config.model.to_dict()))
+  for key, value in ADDED_MODEL_FIELDS.items():  # Older checkpoints.
+    saved.setdefault(key, value)
   for key in STATE_FREE_MODEL_FIELDS:  # Same state with either value.
     saved.pop(key, None)
     now.pop(key, None)

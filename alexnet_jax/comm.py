@@ -38,7 +38,9 @@ _OP = re.compile(r"^\s*(?:ROOT\s+)?%?[\w.\-]+\s*=\s*(?P<shape>.*?)\s+"
                  r"(?P<op>" + "|".join(COLLECTIVES) + r")(?P<start>-start)?\(")
 _ARRAY = re.compile(r"\b(?P<dtype>[a-z][a-z0-9]*)\[(?P<dims>[\d,]*)\]")
 _OP_NAME = re.compile(r'op_name="(?P<name>[^"]*)"')
-_LAYER = re.compile(r"\b(conv[1-5]|fc[678]|bn[12])\b")
+# AlexNet's weight layers, then cuda-convnet's others (cc_layers.py).
+_CC_ONLY = ("local3", "local4", "fc64", "fc10")
+_LAYER = re.compile(r"\b(conv[1-5]|fc[678]|bn[12]|local[34]|fc64|fc10)\b")
 _GROUPS = re.compile(r"replica_groups=(?:\{\{(?P<list>[\d,]*)\}|"
                      r"\[\d+,(?P<iota>\d+)\]|"
                      r"mesh\[(?P<axes>[^\]]*)\]\s*\{(?P<over>[^}]*)\})")
@@ -106,7 +108,8 @@ def summarize(found: list[dict]) -> list[dict]:
                                     pass_=c["pass"], count=0, bytes=0))
     g["count"] += 1
     g["bytes"] += c["bytes"]
-  order = [*layers.NAMES, *layers.BATCHNORMS.values(), "many", "-"]
+  order = [*layers.NAMES, *layers.BATCHNORMS.values(), *_CC_ONLY, "many",
+           "-"]
   rows = sorted(groups.values(), key=lambda g: (
       g["pass_"] == "bwd", order.index(g["layer"]), g["op"]))
   return [{"op": g["op"], "layer": g["layer"], "pass": g["pass_"],
@@ -190,15 +193,17 @@ def analyze(config: ml_collections.ConfigDict, *,
       "total_bytes": (mem.argument_size_in_bytes + mem.output_size_in_bytes
                       - mem.alias_size_in_bytes + mem.temp_size_in_bytes)}
       for d in mesh.devices.flat]
-  geometry = layers.resolve_config(config.model)
-  towers = geometry.towers
+  alexnet = config.model.get("family", "alexnet") == "alexnet"
+  geometry = layers.resolve_config(config.model) if alexnet else None
+  towers = geometry.towers if alexnet else 1
   return {
       "mesh": {"data": mesh.shape["data"], "model": mesh.shape["model"]},
       "devices": mesh.devices.size,
       "platform": mesh.devices.flat[0].platform,
       "batch_size": b, "image_size": image_size, "parameters": n_params,
       "towers": towers,
-      "tower_split": bool(geometry.tower_split and mesh.shape["model"] == 2),
+      "tower_split": bool(alexnet and geometry.tower_split
+                          and mesh.shape["model"] == 2),
       "forward": summarize(collectives(fwd.as_text())),
       "train_step": summarize(collectives(step.as_text())),
       "memory": {

@@ -104,7 +104,8 @@ def _check_shapes(config, source_model: dict, where: str, want: dict):
     for leaf, shape in leaves.items():
       got = have.get(module, {}).get(leaf)
       if got != shape:
-        layer = next(l for l in layers.NAMES if module in modules_of(l))
+        layer = next((l for l in layers.NAMES if module in modules_of(l)),
+                     module)  # A cuda-convnet layer is its own module.
         found = (f"has shape {got}" if got is not None
                  else "has no such parameter")
         raise ConfigError(

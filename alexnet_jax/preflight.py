@@ -16,6 +16,7 @@ import os
 import ml_collections
 from flax import nnx
 
+from alexnet_jax import cc_layers
 from alexnet_jax import input_pipeline
 from alexnet_jax import layers
 from alexnet_jax import model as model_lib
@@ -72,14 +73,27 @@ def check_config(config: ml_collections.ConfigDict) -> None:
        f"optim.plateau_patience must be >= 1, got {o.plateau_patience}")
   need(_finite(o.plateau_factor) and 0 < o.plateau_factor <= 1,
        f"optim.plateau_factor must be in (0, 1], got {o.plateau_factor}")
+  need(_finite(o.get("bias_lr_scale", 1.0)) and o.get("bias_lr_scale",
+                                                       1.0) >= 0,
+       f"optim.bias_lr_scale must be >= 0, got {o.get('bias_lr_scale')}")
+  layer_wd = dict(o.get("layer_weight_decay") or {})
+  bad = [f"{n}={v!r}" for n, v in layer_wd.items()
+         if not (_finite(v) and v >= 0)]
+  need(not bad, f"optim.layer_weight_decay must map layers to weight "
+       f"decays >= 0, got {', '.join(bad)}")
   problems += finetune_problems(config)
   if problems:
     raise ConfigError("; ".join(problems))
   try:  # The model's own checks (names, sizes), without allocating it.
-    nnx.eval_shape(lambda: model_lib.from_config(config.model,
-                                                 rngs=nnx.Rngs(0)))
+    abstract = nnx.eval_shape(lambda: model_lib.from_config(config.model,
+                                                            rngs=nnx.Rngs(0)))
   except ValueError as e:
     raise ConfigError(str(e)) from None
+  names = set(nnx.state(abstract, nnx.Param).keys())
+  unknown = sorted(set(layer_wd) - names)
+  if unknown:
+    raise ConfigError(f"optim.layer_weight_decay names {', '.join(unknown)}, "
+                      f"not layers of this model ({', '.join(sorted(names))})")
 
 
 def finetune_problems(config: ml_collections.ConfigDict) -> list[str]:
@@ -87,18 +101,28 @@ def finetune_problems(config: ml_collections.ConfigDict) -> list[str]:
   f = config.get("finetune")
   if f is None:
     return []
+  names = layer_names(config.model)
+  if not names:  # A net that does not exist: the model check names it.
+    return []
   problems = []
   for field in ("keep", "freeze"):
-    if isinstance(f[field], str) or any(n not in layers.NAMES
-                                        for n in f[field]):
+    if isinstance(f[field], str) or any(n not in names for n in f[field]):
       problems.append(f"finetune.{field} must be a tuple of layer names "
-                      f"({', '.join(layers.NAMES)}), got {f[field]!r}")
+                      f"({', '.join(names)}), got {f[field]!r}")
   bad = [f"{n}={s!r}" for n, s in f.lr_scale.items()
-         if n not in layers.NAMES or not (_finite(s) and s >= 0)]
+         if n not in names or not (_finite(s) and s >= 0)]
   if bad:
     problems.append(f"finetune.lr_scale must map layer names to numbers "
                     f">= 0, got {', '.join(bad)}")
   return problems
+
+
+def layer_names(model_config) -> tuple[str, ...]:
+  """The layers (model attributes with weights) of the configured family:
+  AlexNet's conv1..fc8, or a cuda-convnet net's (cc_layers.py)."""
+  if model_config.get("family", "alexnet") == "alexnet":
+    return layers.NAMES
+  return cc_layers.weight_names(model_config.get("net"))
 
 
 def check_workdir(workdir: str) -> None:
@@ -118,6 +142,11 @@ def check_workdir(workdir: str) -> None:
 def check_mesh(config: ml_collections.ConfigDict):
   """The mesh fits the devices and the batch splits over its data axis."""
   mesh = sharding.create_mesh(config.mesh)
+  family = config.model.get("family", "alexnet")
+  if family != "alexnet" and mesh.shape[sharding.MODEL] > 1:
+    raise ConfigError(f"mesh.model={mesh.shape[sharding.MODEL]} splits "
+                      f"AlexNet's two towers; model.family={family} runs "
+                      f"data parallel only: set --config.mesh.model=1")
   if config.batch_size % mesh.shape[sharding.DATA]:
     # The towers of a pair see the same rows: only `data` splits the batch.
     raise ConfigError(f"batch_size {config.batch_size} is not divisible by "

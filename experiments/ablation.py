@@ -5,7 +5,13 @@
       [--config.model.width=0.5 ...] [--report_only]
 
 The config's `sweep` block names the axes ("model.norm=lrn|none", one line
-each, the reference value first) and the seeds. Each cell x seed runs as
+each, the reference value first) and the seeds. An axis named `option`
+("option=13pct,cpu|11pct,cpu") varies the config file's own option instead
+of a field: each cell trains `--config=<file>:<value>`. With
+`sweep.stop_train_error` set, a run ends as soon as a logged training
+window's error is at or below it (the runner sends SIGTERM; the child saves
+and stops): for experiments that time how fast a net reaches a training
+error (Figure 1), not its final numbers. Each cell x seed runs as
 
   python -m alexnet_jax.main --config=<the sweep config> \
       --workdir=WORKDIR/runs/<cell>/seed<k> <your overrides> <the cell's> \
@@ -41,6 +47,8 @@ from experiments import summary
 from experiments import sweep_report
 
 FLAGS = flags.FLAGS
+OPTION = "option"  # The axis that varies the config file's option.
+DIVERGED = 3  # alexnet_jax.main's exit code for a non-finite loss.
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -49,8 +57,12 @@ def parse_axes(axes) -> list[tuple[str, list]]:
   out = []
   for line in axes:
     field, sep, values = str(line).partition("=")
-    if not sep or not values or "." not in field:
-      raise ValueError(f"sweep axis {line!r}: want 'block.field=a|b'")
+    if not sep or not values or ("." not in field and field != OPTION):
+      raise ValueError(f"sweep axis {line!r}: want 'block.field=a|b' or "
+                       f"'{OPTION}=a|b'")
+    if field == OPTION:  # Config options stay strings ("13pct,cpu").
+      out.append((field, values.split("|")))
+      continue
     out.append((field, [_value(v) for v in values.split("|")]))
   fields = [f for f, _ in out]
   if len(set(fields)) != len(fields):
@@ -135,21 +147,33 @@ class Progress:
 
 
 def run_one(config_arg: str, overrides: list[str], workdir: str, cell: dict,
-            seed: int, label: str, progress: Progress):
+            seed: int, label: str, progress: Progress,
+            stop_train_error: float | None = None):
   """Trains one cell x seed (resuming from its checkpoint).
 
-  Returns (ran to the end, command, exit code, signal passed on, workdir).
+  Returns (ran to the end or to stop_train_error, command, exit code,
+  signal passed on, workdir).
   """
   run_dir = os.path.join(workdir, "runs", cell_name(cell), f"seed{seed}")
+  if OPTION in cell:
+    config_arg = f"{config_arg.partition(':')[0]}:{cell[OPTION]}"
   command = [sys.executable, "-m", "alexnet_jax.main",
              f"--config={config_arg}", f"--workdir={run_dir}", *overrides,
-             *[f"--config.{k}={v}" for k, v in cell.items()],
+             *[f"--config.{k}={v}" for k, v in cell.items() if k != OPTION],
              f"--config.seed={seed}"]
   print(f"{label}: {' '.join(command[1:])}", flush=True)
   child = Child(command)
-  per_epoch, last_eval, tail = None, time.time(), []
+  per_epoch, last_eval, tail, reached = None, time.time(), [], False
   for line in child.lines():
     tail = (tail + [line])[-20:]
+    if (stop_train_error is not None and not reached
+        and "train_accuracy=" in line):
+      error = 1 - float(line.split("train_accuracy=")[1].split()[0])
+      if error <= stop_train_error:
+        reached = True
+        print(f"{label}: training error {error:.4f} <= {stop_train_error} "
+              f"at step {line.split()[1]}: stopping the run", flush=True)
+        child.proc.send_signal(signal.SIGTERM)
     if line.startswith(("resuming from", "warning:", "error:")):
       print(f"{label}: {line.strip()}", flush=True)
     if " per epoch)" in line:  # "... N steps (M per epoch) at batch ..."
@@ -164,8 +188,8 @@ def run_one(config_arg: str, overrides: list[str], workdir: str, cell: dict,
             f"{progress.epochs_per_run:g}  eval top-1 error {error}  "
             f"sweep ETA {progress.eta()}", flush=True)
   code = child.wait()
-  finished = code == 0 and child.stop is None and not any(
-      "stopped by" in l for l in tail)
+  finished = code == 0 and child.stop is None and (reached or not any(
+      "stopped by" in l for l in tail))
   if code != 0:
     sys.stdout.write("".join(tail))
     print(f"{label}: exited with code {code}", flush=True)
@@ -203,18 +227,29 @@ def main(argv):
     for i, (cell, seed) in enumerate(todo):
       label = f"[{i + 1}/{len(todo)}] {cell_name(cell)} seed {seed}"
       finished, command, code, stop, run_dir = run_one(
-          config_arg, overrides, FLAGS.workdir, cell, seed, label, progress)
+          config_arg, overrides, FLAGS.workdir, cell, seed, label, progress,
+          config.sweep.get("stop_train_error"))
       if stop:
         print(f"sweep: stopped by {stop}; rerun the same command to "
               f"continue", flush=True)
         return 0
-      if not finished:
+      diverged = code == DIVERGED
+      if not finished and not diverged:
         print(f"sweep: run {label} failed (exit {code}); fix it and rerun "
               f"the same command", file=sys.stderr, flush=True)
         return code or 1
-      record = summary.summarize(run_dir)
+      if diverged:  # An outcome of the cell (a rate grid), not a failure.
+        print(f"{label}: diverged; recorded, the sweep goes on", flush=True)
+        try:
+          record = summary.summarize(run_dir)
+        except (OSError, ValueError):  # Nothing logged before it diverged.
+          record = {"epochs": []}
+        record["diverged"] = True
+      else:
+        record = summary.summarize(run_dir)
       record.update(cell=cell, seed=seed, sweep=plan, commit=_commit(),
-                    command="python " + " ".join(command[1:]))
+                    command="python " + " ".join(command[1:]),
+                    stop_train_error=config.sweep.get("stop_train_error"))
       path = result_path(results, cell, seed)
       os.makedirs(os.path.dirname(path), exist_ok=True)
       with open(path + ".tmp", "w") as f:

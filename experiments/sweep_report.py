@@ -117,7 +117,9 @@ def build(results: str) -> dict:
     raise ValueError(f"no per-run results in {results}/runs")
   plan = runs[0]["sweep"]
   axes = [(f, v) for f, v in plan["axes"]]
-  views = [summary.record_view(r) for r in runs]
+  diverged = [{"cell": r["cell"], "seed": r["seed"]} for r in runs
+              if r.get("diverged")]
+  views = [summary.record_view(r) for r in runs if not r.get("diverged")]
   by_cell = {}
   for v in views:
     by_cell.setdefault(_key(v["cell"]), []).append(v)
@@ -135,6 +137,7 @@ def build(results: str) -> dict:
   splits = sorted({v["eval_split"] for v in views})
   report = {
       "axes": plan["axes"], "seeds": plan["seeds"], "cells": cells,
+      "diverged": diverged,
       "eval_splits": splits, "old_style_runs": sum(not v["new"] for v in views),
       "seed_spread": (statistics.fmean(c["val_sd"] for c in cells
                                        if len(c["seeds"]) > 1)
@@ -221,6 +224,11 @@ def to_markdown(report: dict) -> str:
            f"seeds {', '.join(map(str, report['seeds']))}). Errors in % "
            f"at the last evaluation, mean +- sample sd over seeds; the "
            f"validation (eval) split: {', '.join(splits)}.", ""]
+  if report.get("diverged"):
+    lines += ["Diverged (a non-finite training loss; left out of every "
+              "number below): " + "; ".join(
+                  f"{_key(d['cell'])} seed {d['seed']}"
+                  for d in report["diverged"]) + ".", ""]
   if splits == ["test"]:
     lines += ["These runs evaluated on the test split at every epoch (no "
               "held-out validation split): their 'validation' error is the "
