@@ -16,6 +16,7 @@ from alexnet_jax import input_pipeline
 from alexnet_jax import predict
 from alexnet_jax import sharding
 from alexnet_jax import train
+from alexnet_jax import workdir as workdir_lib
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Directory for metrics and checkpoints.")
@@ -30,13 +31,18 @@ flags.DEFINE_bool("json", False, "--mode=comm or predict: print JSON, not "
                   "tables.")
 flags.DEFINE_bool("best", False, "--mode=eval or predict: the best "
                   "checkpoint by eval error instead of the latest.")
+flags.DEFINE_bool("allow_config_change", False, "--mode=train: resume even "
+                  "where the config moves the checkpoint's data position "
+                  "(batch_size, data source, path, split, shards, seed): the "
+                  "step is kept and the data restarts at step x the new "
+                  "batch_size.")
 config_flags.DEFINE_config_file(
     "config", None, "A config file (configs/*.py), optionally ':option'.",
     lock_config=True)
 flags.mark_flags_as_required(["config", "workdir"])
 
 USER_ERRORS = (train.ConfigError, input_pipeline.DataError,
-               sharding.MeshError)
+               sharding.MeshError, workdir_lib.WorkdirError)
 
 
 def _last_line(error: Exception) -> str:
@@ -69,7 +75,9 @@ def main(argv):
       if jax.process_index() == 0:
         print(predict.format_results(results, as_json=FLAGS.json), flush=True)
     else:
-      train.train_and_evaluate(config, FLAGS.workdir)
+      train.train_and_evaluate(
+          config, FLAGS.workdir,
+          allow_config_change=FLAGS.allow_config_change)
   except USER_ERRORS as e:
     print(f"error: {e}", file=sys.stderr)
     return 2

@@ -5,12 +5,14 @@ and the stop signals.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import time
 
 import jax
+from jax.experimental import multihost_utils
 import numpy as np
 
 
@@ -38,11 +40,12 @@ class MetricsLog:
     row = {"step": step, **scalars, "wall_time": round(time.time(), 3)}
     if epoch is not None:
       row["epoch"] = round(epoch, 6)
-    with open(self.path, "a") as f:
+    with _writing(self.path), open(self.path, "a") as f:
       f.write(json.dumps(row) + "\n")
-    for k, v in scalars.items():
-      self.tb.add_scalar(k, v, step)
-    self.tb.flush()
+    with _writing(self.tb.logdir):
+      for k, v in scalars.items():
+        self.tb.add_scalar(k, v, step)
+      self.tb.flush()
     text = "  ".join(f"{k}={v:.4g}" for k, v in scalars.items())
     print(f"step {step:>7d}  {text}{suffix}", flush=True)
 
@@ -50,9 +53,38 @@ class MetricsLog:
     if self.enabled:
       print(text, flush=True)
 
+  def logged(self, step: int, key: str) -> bool:
+    """Whether metrics.jsonl holds `key` at `step` (process 0's file, told
+    to every process)."""
+    found = False
+    if self.enabled and os.path.exists(self.path):
+      with open(self.path) as f:
+        for line in f:
+          try:
+            row = json.loads(line)
+          except ValueError:  # A line cut short by a kill.
+            continue
+          found = found or (row.get("step") == step and key in row)
+    if jax.process_count() > 1:
+      found = bool(multihost_utils.broadcast_one_to_all(np.int32(found)))
+    return found
+
   def close(self):
     if self.tb is not None:
-      self.tb.close()
+      with _writing(self.tb.logdir):
+        self.tb.close()
+
+
+@contextlib.contextmanager
+def _writing(path: str):
+  """An OS error in the body names `path` (a failed write.write() does not
+  say which file it was)."""
+  try:
+    yield
+  except OSError as e:
+    if not e.filename:
+      e.filename = path
+    raise
 
 
 def eta(seconds: float) -> str:
@@ -62,16 +94,23 @@ def eta(seconds: float) -> str:
 
 
 class StopRequest:
-  """SIGTERM/SIGINT: the loop saves a checkpoint and exits after this step.
+  """SIGTERM/SIGINT: the loop saves a checkpoint and exits at the next step
+  boundary, or evaluation batch.
 
-  One process: a signal handler sets a flag. Several processes: every process
-  must stop at the same step, so the decision is JAX's preemption sync point
-  (its service catches SIGTERM once jax.distributed is initialized), read
-  through orbax's `reached_preemption`.
+  `requested` is asked at every step and every evaluation batch, by every
+  process alike. One process: a signal handler sets a flag. Several
+  processes: every process must stop at the same point, so the decision is
+  JAX's preemption sync point (its service catches SIGTERM once
+  jax.distributed is initialized), read through orbax's `reached_preemption`
+  of `manager` (the CheckpointManager, which asks it with the step too).
+  Its points are the steps, and after `last_step` (the final evaluations)
+  one more per evaluation batch; an evaluation before the last step runs to
+  its end there, and the stop comes at the next step.
   """
 
-  def __init__(self):
+  def __init__(self, manager=None, step: int = 0, last_step: int = 0):
     self.signal = None
+    self._manager, self._point, self._last = manager, step, last_step
     self._previous = {}
 
   def __enter__(self):
@@ -90,9 +129,14 @@ class StopRequest:
     for sig, handler in self._previous.items():
       signal.signal(sig, handler)
 
-  def requested(self, step: int, ckpts) -> bool:
-    if jax.process_count() > 1:
-      if ckpts.latest.reached_preemption(step):
+  def requested(self, step: int | None = None) -> bool:
+    """Whether to stop at training step `step`, or (None) at an evaluation
+    batch."""
+    if jax.process_count() > 1 and self.signal is None:
+      if step is None and self._point < self._last:
+        return False  # Several processes: a mid-run evaluation runs on.
+      self._point = self._point + 1 if step is None else step
+      if self._manager.reached_preemption(self._point):
         self.signal = "preemption"
     return self.signal is not None
 
@@ -113,6 +157,12 @@ class Window:
     self.run_start = self.start = time.perf_counter()
 
   def add(self, metrics: dict):
+    """A dispatched step's metrics. Waits for the step before it: at most
+    two steps are in flight (the device never idles while the host is
+    quicker than a step), so a stop signal is acted on at the next step
+    boundary instead of after a queue of dispatched steps."""
+    if self.pending:
+      jax.block_until_ready(self.pending[-1])
     self.pending.append(metrics)
 
   def restart(self, run: bool = False):

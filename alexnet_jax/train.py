@@ -1,8 +1,11 @@
-"""Training and evaluation: setup, the train loop, exact evaluation.
+"""Training and evaluation: setup, the train loop, evaluating a checkpoint.
 
 The pieces live beside it: the paper's optimizer and the learning-rate
-schedules in optim.py, the jitted steps in steps.py, console/metrics/stop
-signals in progress.py, orbax checkpoints and resuming in checkpoint.py.
+schedules in optim.py, the jitted steps in steps.py, exact evaluation in
+evaluation.py, console/metrics/stop signals in progress.py, orbax
+checkpoints and resuming in checkpoint.py, the config against the
+checkpoint's in resume_check.py, the workdir's lock and failed writes in
+workdir.py.
 The loop below reads top to bottom: one train step, then whatever is due at
 that step (a log line, an evaluation, a checkpoint, a stop).
 """
@@ -19,19 +22,23 @@ import ml_collections
 from flax import nnx
 
 from alexnet_jax import checkpoint as checkpoint_lib
+from alexnet_jax import evaluation
 from alexnet_jax import finetune
 from alexnet_jax import input_pipeline
-from alexnet_jax import lrn_stats
 from alexnet_jax import model as model_lib
 from alexnet_jax import optim
 from alexnet_jax import preflight
 from alexnet_jax import progress
+from alexnet_jax import resume_check
 from alexnet_jax import sharding
 from alexnet_jax import steps
+from alexnet_jax import workdir as workdir_lib
 
 
 ConfigError = preflight.ConfigError  # A config value that cannot work.
 Diverged = progress.Diverged  # A non-finite training loss.
+data_slice = evaluation.data_slice  # The rows of a batch this process loads.
+evaluate = evaluation.evaluate  # A split's errors, every example once.
 
 
 # ---------------------------------------------------------------- setup
@@ -101,77 +108,45 @@ def setup(config: ml_collections.ConfigDict) -> Run:
 # ---------------------------------------------------------------- loops
 
 
-def data_slice(run: Run) -> dict[str, slice]:
-  """The rows of each global batch this process loads, from the mesh (when
-  the `model` axis spans processes, a tower pair loads the same rows)."""
-  return {"rows": sharding.local_batch_rows(run.mesh, run.config.batch_size)}
-
-
-def evaluate(run: Run, stop: progress.StopRequest | None = None,
-             split: str | None = None, prefix: str = "eval"
-             ) -> dict[str, float] | None:
-  """Top-1/top-5 error and loss over every example of `split` (default
-  data.eval_split) exactly once, keys prefix_*; with LRN, its statistic
-  (lrn_stats.py). None when `stop` received a signal during the evaluation
-  (one process: the loop then saves and exits without waiting for the
-  rest)."""
-  _, batches = input_pipeline.eval_iterator(
-      run.config, image_size=run.image_size, split=split, **data_slice(run))
-  totals = None
-  for batch in input_pipeline.prefetch_to_device(
-      batches, sharding.batch_sharding(run.mesh)):
-    if stop is not None and stop.signal is not None:
-      return None
-    out = run.eval_step(run.model_state, batch)
-    totals = out if totals is None else jax.tree.map(jnp.add, totals, out)
-  totals = {k: float(v) for k, v in jax.device_get(totals).items()}
-  n = totals["count"]
-  metrics = {f"{prefix}_loss": totals["loss"] / n,
-             f"{prefix}_top1_error": 1.0 - totals["top1"] / n,
-             f"{prefix}_top5_error": 1.0 - totals["top5"] / n,
-             f"{prefix}_examples": n}
-  if batches.num_skipped:
-    metrics[f"{prefix}_skipped_images"] = batches.num_skipped
-  if prefix == "eval":  # The LRN statistic goes with the eval split's rows.
-    lrn = nnx.merge(run.eval_graph, run.model_state).lrn if any(
-        k.startswith("lrn/") for k in totals) else None
-    metrics.update(lrn_stats.finish(totals, lrn.constant) if lrn else {})
-  return metrics
-
-
 def write_config(config, workdir):
   if jax.process_index() == 0:
     with open(os.path.join(workdir, "config.json"), "w") as f:
       f.write(config.to_json_best_effort(indent=2))
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict,
-                       workdir: str) -> dict[str, Any]:
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
+                       allow_config_change: bool = False) -> dict[str, Any]:
   """Trains as configured (resuming from the workdir), returns last metrics.
 
-  Every check (preflight.py, then the resumable checkpoint) runs before
-  anything is compiled or written: ConfigError / input_pipeline.DataError /
-  sharding.MeshError leave the workdir as it was. Diverged (a non-finite
-  loss) keeps the last good checkpoint.
+  Every check (preflight.py, the workdir's lock, the resumable checkpoint,
+  the config against the checkpoint's: resume_check.py, which
+  allow_config_change relaxes) runs before anything is compiled or written:
+  a user error (ConfigError, DataError, MeshError, WorkdirError) leaves the
+  workdir as it was. Diverged (a non-finite loss) and WorkdirError for a
+  failed write (a full disk) keep the last complete checkpoint.
   """
-  preflight.run(config, workdir, train=True,
-                process_count=jax.process_count())
-  run = setup(config)
-  ckpts = checkpoint_lib.Checkpoints(
-      workdir, max_to_keep=config.max_checkpoints_to_keep)
-  try:
-    meta = checkpoint_lib.restore_latest(run, ckpts, set_aside=True) or {}
-    if not meta and config.get("finetune") and config.finetune.init_from:
-      # A new run: the pretrained layers, once; its checkpoints hold them.
-      meta = {"initialized_from": finetune.initialize(run, config)}
-    os.makedirs(workdir, exist_ok=True)
-    log = progress.MetricsLog(workdir)
+  splits = preflight.run(config, workdir, train=True,
+                         process_count=jax.process_count())
+  with workdir_lib.held(workdir):
+    run = setup(config)
+    ckpts = checkpoint_lib.Checkpoints(
+        workdir, max_to_keep=config.max_checkpoints_to_keep)
     try:
-      return _Loop(run, ckpts, log, workdir, meta).train()
+      meta = checkpoint_lib.restore_latest(run, ckpts, set_aside=True) or {}
+      resume_check.check(
+          config, meta, workdir, rows=data_slice(run)["rows"],
+          num_examples=splits[config.data.train_split].num_examples,
+          allow=allow_config_change)
+      if not meta and config.get("finetune") and config.finetune.init_from:
+        # A new run: the pretrained layers, once; its checkpoints hold them.
+        meta = {"initialized_from": finetune.initialize(run, config)}
+      log = progress.MetricsLog(workdir)
+      try:
+        return _Loop(run, ckpts, log, workdir, meta).train()
+      finally:
+        log.close()
     finally:
-      log.close()
-  finally:
-    ckpts.close()
+      ckpts.close()
 
 
 def _itstime(step: int, every: int, last: int) -> bool:
@@ -205,8 +180,10 @@ class _Loop:
                                  self.num_steps)
     self.lr.plateau = meta.get("plateau", self.lr.plateau)
     self.best = meta.get("best_eval_top1_error")
-    # An evaluation that a stop signal interrupted runs first on resume.
+    # An evaluation that a stop signal interrupted runs first on resume;
+    # the test split's, after the last step, until metrics.jsonl holds it.
     self.eval_pending = meta.get("eval_pending", False)
+    self.test_pending = False
     self.eval_every = (config.eval_every_steps if config.eval_every_steps > 0
                        else self.steps_per_epoch)
     self.window = progress.Window(self.start, self.num_steps,
@@ -223,9 +200,10 @@ class _Loop:
       src = self.initialized_from
       self.log.info(f"fine-tuning: {', '.join(src['layers'])} from step "
                     f"{src['step']} of {src['workdir']}; the other layers "
-                    f"start from model.init={config.model.init}")
+                    f"start from model.init={config.model.get('init')}")
     write_config(config, self.workdir)
-    with jax.set_mesh(run.mesh), progress.StopRequest() as stop:
+    with jax.set_mesh(run.mesh), progress.StopRequest(
+        self.ckpts.latest, start, self.num_steps) as stop:
       if self.eval_pending:
         improved = self._evaluate(start, stop)
         if self.eval_pending:  # Interrupted again.
@@ -236,6 +214,8 @@ class _Loop:
         self.log.info(f"the checkpoint at step {start} already reaches "
                       f"num_train_steps {self.num_steps}: nothing to train "
                       f"(--mode=eval evaluates it)")
+        if not self._test(stop):
+          return self._stopped(start, stop)
         return {"step": start, **self.last}
       frozen = checkpoint_lib.frozen_layers(config)
       trained = (f" ({run.num_trained:,} trained; {', '.join(frozen)} "
@@ -253,7 +233,7 @@ class _Loop:
             run.model_state, run.opt_state, next(batches),
             jnp.float32(self.lr(step)))
         self.window.add(metrics)
-        stopping = stop.requested(step, self.ckpts)
+        stopping = stop.requested(step)
         if stopping or _itstime(step, config.log_every_steps, self.num_steps):
           self._log_train(step)
         improved = False
@@ -270,19 +250,24 @@ class _Loop:
         if stopping:
           return self._stopped(step, stop)
       self.ckpts.wait()
-      self._test(stop)
+      if not self._test(stop):
+        return self._stopped(self.num_steps, stop)
     return self.last
 
-  def _test(self, stop):
+  def _test(self, stop) -> bool:
     """data.test_split, evaluated once after the last step (every decision
-    of the run was made on data.eval_split)."""
+    of the run was made on data.eval_split), unless metrics.jsonl holds it
+    already; False when a stop signal interrupted it."""
     split = self.config.data.get("test_split")
-    if split:
-      metrics = evaluate(self.run, stop, split=split, prefix="test")
-      if metrics is not None:
-        self.log.write(self.num_steps, metrics,
-                       f"  (test split {split!r}, once, at the end)")
-        self.last.update(metrics)
+    if not split or self.log.logged(self.num_steps, "test_top1_error"):
+      return True
+    metrics = evaluate(self.run, stop, split=split, prefix="test")
+    self.test_pending = metrics is None
+    if metrics is not None:
+      self.log.write(self.num_steps, metrics,
+                     f"  (test split {split!r}, once, at the end)")
+      self.last.update(metrics)
+    return not self.test_pending
 
   def _log_train(self, step: int):
     """A train line from the steps not yet fetched (Diverged if a loss is
@@ -325,6 +310,9 @@ class _Loop:
             "best_eval_top1_error": self.best,
             "eval_pending": self.eval_pending,
             "model_config": self.config.model.to_dict(),
+            "config": resume_check.as_json(self.config),
+            "data_shards": resume_check.data_shards(self.config,
+                                                    **data_slice(self.run)),
             "frozen": sorted(checkpoint_lib.frozen_layers(self.config)),
             "class_names": self.class_names}
     if self.initialized_from:
@@ -337,7 +325,9 @@ class _Loop:
     self._save(step, False)
     self.ckpts.wait()
     pending = (" (the evaluation at this step runs first on resume)"
-               if self.eval_pending else "")
+               if self.eval_pending else
+               " (the test split's evaluation runs on resume)"
+               if self.test_pending else "")
     self.log.info(f"stopped by {stop.signal} at step {step}; checkpoint "
                   f"saved{pending}; run the same command again to resume")
     self.last["stopped_at"] = step
