@@ -268,7 +268,8 @@ def check_compatible(meta: dict, config: ml_collections.ConfigDict):
   saved = dict(meta.get("model_config", {}))
   now = json.loads(json.dumps(config.model.to_dict()))
   for key, value in ADDED_MODEL_FIELDS.items():  # Older checkpoints.
-    saved.setdefault(key, value)
+    if key in now:  # A field of this model family.
+      saved.setdefault(key, value)
   for key in STATE_FREE_MODEL_FIELDS:  # Same state with either value.
     saved.pop(key, None)
     now.pop(key, None)

@@ -196,6 +196,18 @@ def run_one(config_arg: str, overrides: list[str], workdir: str, cell: dict,
   return finished, command, code, child.stop, run_dir
 
 
+# What a per-run file holds beside its run's summary.
+KEPT = ("cell", "seed", "sweep", "commit", "command", "stop_train_error",
+        "diverged")
+
+
+def _write_record(path: str, record: dict) -> None:
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  with open(path + ".tmp", "w") as f:
+    json.dump(record, f, indent=1)
+  os.replace(path + ".tmp", path)  # A result file is whole or absent.
+
+
 def main(argv):
   del argv
   config = FLAGS.config
@@ -214,7 +226,20 @@ def main(argv):
   # seeds rather than some cells complete and others absent.
   grid = [(c, s) for s in seeds for c in cells(axes)]
   plan = {"axes": [[f, v] for f, v in axes], "seeds": seeds}
-  if not FLAGS.report_only:
+  if FLAGS.resummarize:
+    for cell, seed in grid:
+      path = result_path(results, cell, seed)
+      run_dir = os.path.join(FLAGS.workdir, "runs", cell_name(cell),
+                             f"seed{seed}")
+      if not (os.path.exists(path) and os.path.isdir(run_dir)):
+        continue
+      with open(path) as f:
+        old = json.load(f)
+      record = summary.summarize(run_dir)
+      record.update({k: old[k] for k in KEPT if k in old})
+      _write_record(path, record)
+      print(f"resummarized {path}", flush=True)
+  elif not FLAGS.report_only:
     config_arg = config_flags.get_config_filename(FLAGS["config"])
     overrides = [a for a in sys.argv[1:] if a.startswith("--config.")]
     todo = [(c, s) for c, s in grid
@@ -250,11 +275,7 @@ def main(argv):
       record.update(cell=cell, seed=seed, sweep=plan, commit=_commit(),
                     command="python " + " ".join(command[1:]),
                     stop_train_error=config.sweep.get("stop_train_error"))
-      path = result_path(results, cell, seed)
-      os.makedirs(os.path.dirname(path), exist_ok=True)
-      with open(path + ".tmp", "w") as f:
-        json.dump(record, f, indent=1)
-      os.replace(path + ".tmp", path)  # A result file is whole or absent.
+      _write_record(result_path(results, cell, seed), record)
   report = sweep_report.build(results)
   sweep_report.write(report, results)
   print(f"report: {os.path.join(results, 'results.md')} "
@@ -272,5 +293,10 @@ if __name__ == "__main__":
                       "(default: WORKDIR/results).")
   flags.DEFINE_bool("report_only", False, "Rebuild the report from the "
                     "per-run files; train nothing.")
+  flags.DEFINE_bool("resummarize", False, "Rewrite every per-run file "
+                    "whose run's workdir is still under --workdir from that "
+                    "workdir (after a change to experiments/summary.py), "
+                    "keeping its cell, seed, commit and command; train "
+                    "nothing.")
   flags.mark_flags_as_required(["config", "workdir"])
   app.run(main)

@@ -185,6 +185,10 @@ def summarize(workdir: str) -> dict:
                         else val - final_train),
       "lrn_final": lrn_nested(final),
       "epochs_to_25pct_train_error": epochs_to_error(rows, 0.25),
+      # Every logged window: [epoch at its end, its running training error,
+      # its steps], the curve of the paper's Figure 1.
+      "train_curve": [[round(e / spe, 4), round(1 - r["train_accuracy"], 5),
+                       e - s] for s, e, r in windows],
       "steps": last,
       "train_seconds": round(train_seconds, 1),
       # First to last row: includes evaluation and any pause of a resume.

@@ -301,3 +301,16 @@ def test_the_test_split_is_read_once_after_the_last_step(tmp_path):
   # The smoke network has LRN: its statistic is in every eval row.
   for r in evals:
     assert {"lrn/conv1/mean", "lrn/conv2/spread", "lrn/conv1/logdev"} <= set(r)
+
+
+def test_checkpoints_from_before_the_new_model_fields_still_resume():
+  from alexnet_jax import checkpoint
+  from alexnet_jax import preflight
+  config = smoke.get_config()
+  saved = json.loads(json.dumps(config.model.to_dict()))
+  for key in checkpoint.ADDED_MODEL_FIELDS:
+    saved.pop(key)  # As a checkpoint written before they existed holds it.
+  checkpoint.check_compatible({"model_config": saved}, config)
+  config.model.lrn.pixel_scale = 63.6  # Another network: refused.
+  with pytest.raises(preflight.ConfigError, match="model.lrn="):
+    checkpoint.check_compatible({"model_config": saved}, config)

@@ -1,0 +1,167 @@
+"""The paper's Figure 1 from its two sweeps: the learning-rate grid per
+activation, then seeds at each activation's fastest rate.
+
+  python -m experiments.figure1_report \
+      --grid=experiments/results/cifar10_figure1_paper \
+      --seeds=experiments/results/cifar10_figure1_paper/seeds \
+      --out=experiments/results/cifar10_figure1_paper
+
+Reads the per-run files the sweep runner wrote (configs/cuda_convnet.py:fig1
+and :fig1_seeds) and writes OUT/figure1.md, figure1.json and figure1.png
+(training error against epochs, the 25% line: the paper's axes). The time
+to 25% training error is interpolated between logged windows of the running
+training error (experiments/summary.py), not rounded to epochs. The rate of
+each activation is the one that reached 25% in the fewest epochs in the grid
+(seed 0; the paper chose "to make training as fast as possible", on
+training error). The ratio tanh / ReLU is estimated per seed (the same seed
+gives both nets the same data order) and summarised as the geometric mean
+with a 95% t-interval of the mean log ratio.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+
+from absl import app
+from absl import flags
+
+from experiments import stats
+from experiments import sweep_report
+
+FLAGS = flags.FLAGS
+TARGET = 0.25
+
+
+def _field(run: dict, name: str):
+  return run["cell"].get(name)
+
+
+def _activation(run: dict) -> str:
+  act = _field(run, "model.activation")
+  if act is None:  # A fig1_seeds cell: option=fig1_relu | fig1_tanh.
+    act = str(_field(run, "option")).split("_")[-1]
+  return act
+
+
+def _epochs(run: dict) -> float | None:
+  return None if run.get("diverged") else run.get(
+      "epochs_to_25pct_train_error")
+
+
+def rate_table(grid: list[dict]) -> dict:
+  """{activation: {"rows": [(rate, epochs or None, diverged)], "best":
+  rate or None}} from the grid's seed-0 runs."""
+  out = {}
+  for run in grid:
+    rate = float(_field(run, "optim.learning_rate"))
+    out.setdefault(_activation(run), {"rows": []})["rows"].append(
+        (rate, _epochs(run), bool(run.get("diverged"))))
+  for entry in out.values():
+    entry["rows"].sort()
+    reached = [(e, r) for r, e, _ in entry["rows"] if e is not None]
+    entry["best"] = min(reached)[1] if reached else None
+  return out
+
+
+def ratio(seeds: list[dict]) -> dict | None:
+  """tanh / ReLU epochs to 25%, paired by seed: per-seed ratios and the
+  geometric mean with a 95% t-interval of the mean log ratio."""
+  by = {}
+  for run in seeds:
+    by.setdefault(run["seed"], {})[_activation(run)] = _epochs(run)
+  pairs = {s: v["tanh"] / v["relu"] for s, v in sorted(by.items())
+           if v.get("relu") and v.get("tanh")}
+  if not pairs:
+    return None
+  logs = [math.log(r) for r in pairs.values()]
+  mean, lo, hi = stats.t_ci(logs)
+  return {"per_seed": pairs, "geometric_mean": math.exp(mean),
+          "ci": None if lo is None else [math.exp(lo), math.exp(hi)],
+          "n": len(pairs),
+          "not_reached": sorted(s for s, v in by.items()
+                                if not (v.get("relu") and v.get("tanh")))}
+
+
+def to_markdown(table: dict, result: dict | None, seeds: list[dict]) -> str:
+  lines = ["# Figure 1: ReLU vs tanh to 25% training error", "",
+           "## Learning-rate grid (seed 0): epochs to 25% training error", "",
+           "| activation | rate | epochs to 25% |", "|---|---|---|"]
+  for act, entry in sorted(table.items()):
+    for rate, epochs, diverged in entry["rows"]:
+      text = ("diverged" if diverged else "not reached" if epochs is None
+              else f"{epochs:.2f}")
+      best = " (fastest)" if rate == entry["best"] else ""
+      lines.append(f"| {act} | {rate:g}{best} | {text} |")
+  lines.append("")
+  if seeds:
+    lines += ["## Seeds at the chosen rates", "",
+              "| activation | seed | epochs to 25% |", "|---|---|---|"]
+    for run in sorted(seeds, key=lambda r: (_activation(r), r["seed"])):
+      e = _epochs(run)
+      lines.append(f"| {_activation(run)} | {run['seed']} | "
+                   f"{'not reached' if e is None else f'{e:.2f}'} |")
+    lines.append("")
+  if result:
+    ci = (f"95% CI {result['ci'][0]:.2f} to {result['ci'][1]:.2f}"
+          if result["ci"] else "no interval with one seed")
+    lines += [f"tanh / ReLU epochs to 25% training error: "
+              f"{result['geometric_mean']:.2f}x (geometric mean over "
+              f"{result['n']} seeds, {ci}; per seed "
+              + ", ".join(f"{s}: {r:.2f}" for s, r in
+                          result["per_seed"].items())
+              + "). The paper: six times.", ""]
+  return "\n".join(lines)
+
+
+def plot(runs: list[dict], path: str) -> None:
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  fig, ax = plt.subplots(figsize=(6.4, 4.2))
+  for run in sorted(runs, key=lambda r: (_activation(r), r["seed"])):
+    curve = run.get("train_curve") or []
+    if not curve:
+      continue
+    act = _activation(run)
+    ax.plot([c[0] for c in curve], [c[1] for c in curve],
+            "-" if act == "relu" else "--",
+            color="C0" if act == "relu" else "C3", lw=1,
+            label=f"{act}" if run["seed"] == min(
+                r["seed"] for r in runs if _activation(r) == act) else None)
+  ax.axhline(TARGET, color="k", lw=0.8, ls=":")
+  ax.set_xlabel("epochs")
+  ax.set_ylabel("training error rate")
+  ax.set_ylim(0, 0.8)
+  ax.legend()
+  ax.grid(alpha=0.3)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
+def main(argv):
+  del argv
+  grid = sweep_report.load(FLAGS.grid)
+  seeds = sweep_report.load(FLAGS.seeds) if FLAGS.seeds and os.path.isdir(
+      os.path.join(FLAGS.seeds, "runs")) else []
+  table = rate_table(grid)
+  result = ratio(seeds) if seeds else None
+  os.makedirs(FLAGS.out, exist_ok=True)
+  with open(os.path.join(FLAGS.out, "figure1.json"), "w") as f:
+    json.dump({"grid": table, "ratio": result}, f, indent=1)
+  text = to_markdown(table, result, seeds)
+  with open(os.path.join(FLAGS.out, "figure1.md"), "w") as f:
+    f.write(text + "\n")
+  plot(seeds or grid, os.path.join(FLAGS.out, "figure1.png"))
+  print(text)
+  return 0
+
+
+if __name__ == "__main__":
+  flags.DEFINE_string("grid", None, "The rate grid's results folder.")
+  flags.DEFINE_string("seeds", None, "The seeds' results folder (optional).")
+  flags.DEFINE_string("out", None, "Where figure1.md/.json/.png go.")
+  flags.mark_flags_as_required(["grid", "out"])
+  app.run(main)
