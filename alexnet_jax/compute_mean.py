@@ -38,12 +38,17 @@ from alexnet_jax import preprocess
 from alexnet_jax import sources
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", None, "A config file.")
-flags.DEFINE_integer("max_images", 0, "Average over the first N (0: all).")
-flags.DEFINE_string("mean_image", None, "Also write the per-pixel mean "
-                    "image here (.npy), for data.mean_image.")
-flags.DEFINE_string("json", None, "Also write the statistics here (JSON).")
-flags.mark_flags_as_required(["config"])
+
+
+def _define_flags():
+  """The command line's flags (defined only when run as a program, so that
+  importing this module beside another program's flags defines none)."""
+  config_flags.DEFINE_config_file("config", None, "A config file.")
+  flags.DEFINE_integer("max_images", 0, "Average over the first N (0: all).")
+  flags.DEFINE_string("mean_image", None, "Also write the per-pixel mean "
+                      "image here (.npy), for data.mean_image.")
+  flags.DEFINE_string("json", None, "Also write the statistics here (JSON).")
+  flags.mark_flags_as_required(["config"])
 
 # Moments are taken about mid-grey: float32 sums of squares lose less.
 _CENTER = 127.5
@@ -163,4 +168,5 @@ def _main(argv):
 
 
 if __name__ == "__main__":
+  _define_flags()
   app.run(_main)

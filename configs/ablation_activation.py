@@ -1,4 +1,6 @@
-"""Figure 1 of the paper: ReLU vs tanh on CIFAR-10, training error per epoch.
+"""ReLU vs tanh on the CIFAR-10 AlexNet (NOT the paper's Figure 1 setting:
+that is configs/cuda_convnet.py:fig1, a four-layer net without any
+regularisation and a rate per activation).
 
   python -m experiments.ablation --config=configs/ablation_activation.py \
       --workdir=/tmp/figure1 --results=experiments/results/cifar10_figure1

@@ -46,4 +46,7 @@ def get_config(arg=None):
   s.axes = ("model.norm=lrn|none", "model.pool=overlap|nonoverlap")
   s.seeds = (0, 1, 2)
   s.axes = ablation_cifar10.with_extra_axes(s.axes, options)
+  # The one-GPU comparison net of the paper's own geometry.
+  s.axes = tuple(a.replace("model.preset=cifar|cifar_1gpu",
+                           "model.preset=paper|paper_1gpu") for a in s.axes)
   return config

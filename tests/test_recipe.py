@@ -24,6 +24,8 @@ from alexnet_jax import preprocess
 from alexnet_jax import sources
 from configs import cifar10, default, smoke
 from experiments import gpu_table
+from tests.test_input_pipeline import config_for
+from tests.test_train import optim_config
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
@@ -31,11 +33,6 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 # ---------------------------------------------------------------- optimizer
 
 
-def optim_config(**overrides):
-  c = default.get_config().optim
-  for k, v in overrides.items():
-    c[k] = v
-  return c
 
 
 def layered(rng):
@@ -188,14 +185,7 @@ def write_png(path, image):
 
 def folder_config(path, **data):
   """The default config on a folder, augmentation off unless asked."""
-  config = default.get_config()
-  d = config.data
-  d.source, d.path, d.eval_split = "folder", str(path), "val"
-  d.resize_size, d.random_crop, d.flip, d.pca_lighting = 0, False, False, False
-  d.mean, d.eval_crops = (), 1
-  for k, v in data.items():
-    d[k] = v
-  return config
+  return config_for(path, batch_size=default.get_config().batch_size, **data)
 
 
 def correlated(rng, h, w):
