@@ -2,7 +2,7 @@
 subprocess on real files (image folders, checkpoints), asserting the exit
 code, the one-line message and what happened to the workdir.
 
-README "Failures" lists the same cases.
+docs/training.md "Failures" lists the same cases.
 """
 
 import pathlib

@@ -4,7 +4,7 @@ changed on resume, and two processes that share one lock and one stop. Each
 a real `python -m alexnet_jax.main` subprocess on real files, asserting the
 exit code, the one-line message and what happened to the workdir.
 
-README "Failures" lists the same cases.
+docs/training.md "Failures" lists the same cases.
 """
 
 import json
