@@ -360,3 +360,28 @@ def test_the_report_builds_from_new_style_runs(tmp_path):
   assert (f"norm=none - norm=lrn at pool=overlap: {simple['mean']:+.2f} "
           "points validation error (95% CI") in md
   assert "Holm over all 6 contrasts listed" in md
+
+
+def test_a_diverged_run_is_listed_and_left_out_of_the_numbers(tmp_path):
+  for combo in itertools.product(*[v for _, v in AXES]):
+    cell = dict(zip([f for f, _ in AXES], combo))
+    for seed in range(3):
+      _write(tmp_path, _old_record(cell, seed, _effect(cell, seed)))
+  cell = {"model.norm": "none", "model.pool": "overlap"}
+  _write(tmp_path, {**_record(cell, 3), "epochs": [], "diverged": True})
+  report = sweep_report.build(str(tmp_path))
+  assert report["diverged"] == [{"cell": cell, "seed": 3}]
+  assert report["seeds_complete"] == [0, 1, 2]
+  assert "Diverged (a non-finite training loss" in sweep_report.to_markdown(
+      report)
+
+
+def test_an_option_axis_keeps_its_values_as_strings():
+  from experiments import ablation
+  axes = ablation.parse_axes(("option=11pct,cpu|13pct,cpu",
+                              "optim.learning_rate=0.001|0.002"))
+  assert axes == [("option", ["11pct,cpu", "13pct,cpu"]),
+                  ("optim.learning_rate", [0.001, 0.002])]
+  assert ablation.cell_name({"option": "13pct,cpu"}) == "option-13pct,cpu"
+  with pytest.raises(ValueError, match="option=a"):
+    ablation.parse_axes(("nodot=1|2",))
