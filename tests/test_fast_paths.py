@@ -197,6 +197,7 @@ def real_batch(tmp_path, n: int = 4) -> np.ndarray:
       tmp_path / "cifar10", classes=("cat", "ship"), train_per_class=n,
       test_per_class=0))
   config.data.std = ()
+  config.data.holdout = 0  # n images: none to hold out.
   config.batch_size = n
   _, batches = input_pipeline.train_iterator(config, image_size=32)
   return next(batches)["image"]

@@ -30,7 +30,10 @@ def stage_shapes(size, batch=2, **kwargs):
     model.eval()
     x = jnp.zeros((batch, size, size, 3))
     return model(x, return_activations=True)[1]
-  return {k: v.shape[1:] for k, v in jax.eval_shape(forward).items()}
+  # LRN's inputs (conv1/conv2 after the ReLU, kept for lrn_stats) are the
+  # same shapes as those layers' outputs: left out of the stages.
+  return {k: v.shape[1:] for k, v in jax.eval_shape(forward).items()
+          if not k.endswith("_lrn_input")}
 
 
 def test_parameter_counts():

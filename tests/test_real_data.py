@@ -34,6 +34,8 @@ def two_classes(tmp_path_factory):
 def small_config(path, **model):
   config = cifar10.get_config()
   config.data.path = str(path)
+  config.data.holdout = 0  # 1,000 training images: none to hold out.
+  config.data.eval_split, config.data.test_split = "test", ""
   config.model.num_classes = 2
   config.model.width = 0.25
   config.batch_size = 16
@@ -121,7 +123,9 @@ def test_cifar10_recipe_learns_two_real_classes(two_classes, tmp_path):
                   f"--config.data.path={two_classes}",
                   "--config.model.num_classes=2", "--config.model.width=0.25",
                   "--config.batch_size=32", "--config.num_train_steps=150",
-                  "--config.log_every_steps=25")
+                  "--config.log_every_steps=25",
+                  # The recipe with 200 of the 1,000 images held out.
+                  "--config.data.holdout=200")
   assert proc.returncode == 0, proc.stderr[-2000:]
   rows = metrics(tmp_path)
   train_rows = [r for r in rows if "train_loss" in r]
@@ -129,8 +133,11 @@ def test_cifar10_recipe_learns_two_real_classes(two_classes, tmp_path):
   assert train_rows[-1]["train_accuracy"] > 0.75, train_rows
   assert train_rows[-1]["train_loss"] < 0.55, train_rows
   final = [r for r in rows if "eval_top1_error" in r][-1]
-  assert final["eval_examples"] == 200
+  assert final["eval_examples"] == 200  # The holdout.
   assert final["eval_top1_error"] < 0.25, final
+  test = [r for r in rows if "test_top1_error" in r]
+  assert len(test) == 1 and test[0]["test_examples"] == 200, test
+  assert test[0]["test_top1_error"] < 0.3, test
 
 
 @pytest.mark.slow
@@ -138,12 +145,14 @@ def test_cifar10_recipe_first_epoch_reaches_half_accuracy(tmp_path):
   """The acceptance target: one epoch of the shipped config, <= 50% error."""
   data = cifar_data.subset(tmp_path / "cifar10")
   config = cifar10.get_config()
-  steps = 50_000 // config.batch_size
+  steps = 45_000 // config.batch_size  # 5,000 held out.
   workdir = tmp_path / "run"
   proc = run_main("--config=configs/cifar10.py", f"--workdir={workdir}",
                   f"--config.data.path={data}",
                   f"--config.num_train_steps={steps}", timeout=3600)
   assert proc.returncode == 0, proc.stderr[-2000:]
   final = [r for r in metrics(workdir) if "eval_top1_error" in r][-1]
-  assert final["eval_examples"] == 10_000
+  assert final["eval_examples"] == 5_000  # The holdout.
   assert final["eval_top1_error"] <= 0.50, final
+  test = [r for r in metrics(workdir) if "test_top1_error" in r][-1]
+  assert test["test_examples"] == 10_000 and test["test_top1_error"] <= 0.5
