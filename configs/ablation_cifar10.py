@@ -7,8 +7,9 @@ none x overlapping vs non-overlapping pooling, five seeds per cell.
 Every cell x seed is an ordinary run of `python -m alexnet_jax.main` with
 this config and the cell's overrides (the runner prints each command). The
 base is configs/cifar10.py (decisions on 5,000 held-out training images,
-the test folder read once at the end; LRN's alpha scaled by the pixels' std
-squared, so that it normalises) made to measure what the paper claims:
+the test folder read once at the end) with LRN's alpha scaled by the
+pixels' std squared, so that it normalises, made to measure what the paper
+claims:
 
 - norm: lrn | scale | none. `scale` replaces each LRN by a fixed factor,
   LRN's mean factor measured at initialisation on held-out images
@@ -55,6 +56,8 @@ EXTRA_AXES = {
 
 def get_config(arg=None):
   config = cifar10.get_config()
+  # LRN that normalises: alpha x (the pixels' std)^2 (docs/training_notes.md).
+  config.model.lrn.pixel_scale = sum(config.data.std) / 3
   config.model.width = 0.25
   config.model.pool_mode = "ceil"
   config.model.norm_scale = NORM_SCALE
