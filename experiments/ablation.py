@@ -276,6 +276,12 @@ def main(argv):
                     command="python " + " ".join(command[1:]),
                     stop_train_error=config.sweep.get("stop_train_error"))
       _write_record(result_path(results, cell, seed), record)
+  if config.sweep.get("stop_train_error") is not None:
+    # Runs stopped at a training error have no final evaluation to compare.
+    print(f"per-run files in {os.path.join(results, 'runs')}; report: "
+          f"python -m experiments.figure1_report --grid={results} "
+          f"--out={results}", flush=True)
+    return 0
   report = sweep_report.build(results)
   sweep_report.write(report, results)
   print(f"report: {os.path.join(results, 'results.md')} "

@@ -120,16 +120,23 @@ def plot(runs: list[dict], path: str) -> None:
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
   fig, ax = plt.subplots(figsize=(6.4, 4.2))
-  for run in sorted(runs, key=lambda r: (_activation(r), r["seed"])):
+  grid = any(_field(r, "optim.learning_rate") is not None for r in runs)
+  labelled = set()
+  for i, run in enumerate(sorted(runs, key=lambda r: (
+      _activation(r), r["seed"], float(_field(r, "optim.learning_rate") or 0)))):
     curve = run.get("train_curve") or []
     if not curve:
       continue
     act = _activation(run)
+    # The grid: one colour per run, labelled by its rate; the seeds: one
+    # colour per activation (solid ReLU, dashed tanh, as the paper).
+    label = (f"{act}, lr {float(_field(run, 'optim.learning_rate')):g}"
+             if grid else act)
     ax.plot([c[0] for c in curve], [c[1] for c in curve],
             "-" if act == "relu" else "--",
-            color="C0" if act == "relu" else "C3", lw=1,
-            label=f"{act}" if run["seed"] == min(
-                r["seed"] for r in runs if _activation(r) == act) else None)
+            color=f"C{i % 10}" if grid else ("C0" if act == "relu" else "C3"),
+            lw=1, label=None if label in labelled else label)
+    labelled.add(label)
   ax.axhline(TARGET, color="k", lw=0.8, ls=":")
   ax.set_xlabel("epochs")
   ax.set_ylabel("training error rate")

@@ -240,7 +240,8 @@ def record_view(run: dict) -> dict:
       "test": _pct(run.get("test_top1_error")) if new else None,
       "test5": _pct(run.get("test_top5_error")) if new else None,
       "train": _pct(train_final),
-      "gap": None if train_final is None else _pct(val - train_final),
+      "gap": (None if train_final is None or val is None
+              else _pct(val - train_final)),
       "lrn": run.get("lrn_final") or {}, "to25": to25, "epochs": epochs,
       "wall": run["wall_seconds"], "ips": run["images_per_sec_median"],
       "commit": run.get("commit", "")}
