@@ -36,6 +36,7 @@ Several options: `:towers,dropout`.
 """
 
 import ml_collections
+from ml_collections import config_dict
 
 from configs import cifar10
 
@@ -70,6 +71,11 @@ def get_config(arg=None):
   config.sweep = s = ml_collections.ConfigDict()
   s.axes = ("model.norm=lrn|scale|none", "model.pool=overlap|nonoverlap")
   s.seeds = (0, 1, 2, 3, 4)
+  # Runs train to the end here (experiments/ablation.py: a training-error
+  # target and a give-up rule end runs early where an experiment asks).
+  s.stop_train_error = config_dict.placeholder(float)
+  s.give_up_epochs = config_dict.placeholder(float)
+  s.give_up_error = config_dict.placeholder(float)
   s.axes = with_extra_axes(s.axes, arg.split(",") if arg else ())
   return config
 

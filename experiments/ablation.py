@@ -11,7 +11,10 @@ of a field: each cell trains `--config=<file>:<value>`. With
 `sweep.stop_train_error` set, a run ends as soon as a logged training
 window's error is at or below it (the runner sends SIGTERM; the child saves
 and stops): for experiments that time how fast a net reaches a training
-error (Figure 1), not its final numbers. Each cell x seed runs as
+error (Figure 1), not its final numbers. With `sweep.give_up_epochs` and
+`sweep.give_up_error`, a run whose window error is still at or above the
+latter after the former ends too (a rate that left the net at chance);
+the per-run file says which (`ended`: target | gave_up). Each cell x seed runs as
 
   python -m alexnet_jax.main --config=<the sweep config> \
       --workdir=WORKDIR/runs/<cell>/seed<k> <your overrides> <the cell's> \
@@ -147,13 +150,17 @@ class Progress:
 
 
 def run_one(config_arg: str, overrides: list[str], workdir: str, cell: dict,
-            seed: int, label: str, progress: Progress,
-            stop_train_error: float | None = None):
+            seed: int, label: str, progress: Progress, sweep=None):
   """Trains one cell x seed (resuming from its checkpoint).
 
-  Returns (ran to the end or to stop_train_error, command, exit code,
-  signal passed on, workdir).
+  Returns (ran to the end or was ended by the sweep's rules, command, exit
+  code, signal passed on, workdir, why the runner ended it: None, "target"
+  (sweep.stop_train_error reached) or "gave_up" (the training error still
+  at or above sweep.give_up_error after sweep.give_up_epochs)).
   """
+  sweep = sweep or {}
+  target = sweep.get("stop_train_error")
+  give_up = (sweep.get("give_up_epochs"), sweep.get("give_up_error"))
   run_dir = os.path.join(workdir, "runs", cell_name(cell), f"seed{seed}")
   if OPTION in cell:
     config_arg = f"{config_arg.partition(':')[0]}:{cell[OPTION]}"
@@ -163,16 +170,23 @@ def run_one(config_arg: str, overrides: list[str], workdir: str, cell: dict,
              f"--config.seed={seed}"]
   print(f"{label}: {' '.join(command[1:])}", flush=True)
   child = Child(command)
-  per_epoch, last_eval, tail, reached = None, time.time(), [], False
+  per_epoch, last_eval, tail, ended = None, time.time(), [], None
   for line in child.lines():
     tail = (tail + [line])[-20:]
-    if (stop_train_error is not None and not reached
-        and "train_accuracy=" in line):
+    if ended is None and "train_accuracy=" in line and "  epoch " in line:
       error = 1 - float(line.split("train_accuracy=")[1].split()[0])
-      if error <= stop_train_error:
-        reached = True
-        print(f"{label}: training error {error:.4f} <= {stop_train_error} "
-              f"at step {line.split()[1]}: stopping the run", flush=True)
+      epoch = float(line.split("  epoch ")[1].split()[0])
+      if target is not None and error <= target:
+        ended = "target"
+        why = f"training error {error:.4f} <= {target}"
+      elif None not in give_up and epoch >= give_up[0] and (
+          error >= give_up[1]):
+        ended = "gave_up"
+        why = (f"training error {error:.4f} still >= {give_up[1]} after "
+               f"{give_up[0]} epochs")
+      if ended:
+        print(f"{label}: {why} at step {line.split()[1]}: stopping the run",
+              flush=True)
         child.proc.send_signal(signal.SIGTERM)
     if line.startswith(("resuming from", "warning:", "error:")):
       print(f"{label}: {line.strip()}", flush=True)
@@ -188,17 +202,17 @@ def run_one(config_arg: str, overrides: list[str], workdir: str, cell: dict,
             f"{progress.epochs_per_run:g}  eval top-1 error {error}  "
             f"sweep ETA {progress.eta()}", flush=True)
   code = child.wait()
-  finished = code == 0 and child.stop is None and (reached or not any(
+  finished = code == 0 and child.stop is None and (ended or not any(
       "stopped by" in l for l in tail))
   if code != 0:
     sys.stdout.write("".join(tail))
     print(f"{label}: exited with code {code}", flush=True)
-  return finished, command, code, child.stop, run_dir
+  return finished, command, code, child.stop, run_dir, ended
 
 
 # What a per-run file holds beside its run's summary.
 KEPT = ("cell", "seed", "sweep", "commit", "command", "stop_train_error",
-        "diverged")
+        "diverged", "ended")
 
 
 def _write_record(path: str, record: dict) -> None:
@@ -251,9 +265,9 @@ def main(argv):
                         config.num_train_steps <= 0 else 0)
     for i, (cell, seed) in enumerate(todo):
       label = f"[{i + 1}/{len(todo)}] {cell_name(cell)} seed {seed}"
-      finished, command, code, stop, run_dir = run_one(
+      finished, command, code, stop, run_dir, ended = run_one(
           config_arg, overrides, FLAGS.workdir, cell, seed, label, progress,
-          config.sweep.get("stop_train_error"))
+          config.sweep)
       if stop:
         print(f"sweep: stopped by {stop}; rerun the same command to "
               f"continue", flush=True)
@@ -274,10 +288,12 @@ def main(argv):
         record = summary.summarize(run_dir)
       record.update(cell=cell, seed=seed, sweep=plan, commit=_commit(),
                     command="python " + " ".join(command[1:]),
-                    stop_train_error=config.sweep.get("stop_train_error"))
+                    stop_train_error=config.sweep.get("stop_train_error"),
+                    ended=ended)
       _write_record(result_path(results, cell, seed), record)
-  if config.sweep.get("stop_train_error") is not None:
-    # Runs stopped at a training error have no final evaluation to compare.
+  if any(config.sweep.get(k) is not None
+         for k in ("stop_train_error", "give_up_epochs")):
+    # Runs ended at a training error have no final evaluation to compare.
     print(f"per-run files in {os.path.join(results, 'runs')}; report: "
           f"python -m experiments.figure1_report --grid={results} "
           f"--out={results}", flush=True)

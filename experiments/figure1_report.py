@@ -51,16 +51,17 @@ def _epochs(run: dict) -> float | None:
 
 
 def rate_table(grid: list[dict]) -> dict:
-  """{activation: {"rows": [(rate, epochs or None, diverged)], "best":
-  rate or None}} from the grid's seed-0 runs."""
+  """{activation: {"rows": [(rate, epochs or None, diverged, gave up)],
+  "best": rate or None}} from the grid's seed-0 runs."""
   out = {}
   for run in grid:
     rate = float(_field(run, "optim.learning_rate"))
     out.setdefault(_activation(run), {"rows": []})["rows"].append(
-        (rate, _epochs(run), bool(run.get("diverged"))))
+        (rate, _epochs(run), bool(run.get("diverged")),
+         run.get("ended") == "gave_up"))
   for entry in out.values():
     entry["rows"].sort()
-    reached = [(e, r) for r, e, _ in entry["rows"] if e is not None]
+    reached = [(e, r) for r, e, *_ in entry["rows"] if e is not None]
     entry["best"] = min(reached)[1] if reached else None
   return out
 
@@ -89,9 +90,10 @@ def to_markdown(table: dict, result: dict | None, seeds: list[dict]) -> str:
            "## Learning-rate grid (seed 0): epochs to 25% training error", "",
            "| activation | rate | epochs to 25% |", "|---|---|---|"]
   for act, entry in sorted(table.items()):
-    for rate, epochs, diverged in entry["rows"]:
-      text = ("diverged" if diverged else "not reached" if epochs is None
-              else f"{epochs:.2f}")
+    for rate, epochs, diverged, gave_up in entry["rows"]:
+      text = ("diverged" if diverged else
+              "did not leave chance (stopped)" if gave_up else
+              "not reached" if epochs is None else f"{epochs:.2f}")
       best = " (fastest)" if rate == entry["best"] else ""
       lines.append(f"| {act} | {rate:g}{best} | {text} |")
   lines.append("")

@@ -106,3 +106,23 @@ def test_a_killed_run_resumes_and_only_what_is_missing_runs(tmp_path):
   assert "resuming from the checkpoint at step" in proc.stdout
   assert sorted(os.listdir(tmp_path / "results" / "runs")) == [
       "pool-nonoverlap__seed0.json", "pool-overlap__seed0.json"]
+
+
+def test_the_runner_ends_runs_at_a_target_or_when_they_give_up(tmp_path):
+  # One cell, one seed: with give_up_error 0 every run "gives up" at its
+  # first logged window past give_up_epochs; with stop_train_error 1 every
+  # run reaches its target at its first window.
+  for rule, ended in ((("--config.sweep.give_up_epochs=1",
+                         "--config.sweep.give_up_error=0.0"), "gave_up"),
+                      (("--config.sweep.stop_train_error=1.0",), "target")):
+    results = tmp_path / ended
+    proc = sweep(tmp_path / f"w_{ended}", f"--results={results}", *rule,
+                 "--config.sweep.axes=('model.pool=overlap|nonoverlap',)",
+                 "--config.sweep.seeds=(0,)", "--config.num_epochs=4")
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    assert "stopping the run" in proc.stdout
+    record = json.loads((results / "runs" / "pool-overlap__seed0.json")
+                        .read_text())
+    assert record["ended"] == ended
+    # Ended early: fewer than the 4 epochs' steps were trained.
+    assert record["steps"] < 4 * 4

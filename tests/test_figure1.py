@@ -8,26 +8,30 @@ import pytest
 from experiments import figure1_report as fig1
 
 
-def run(act, seed, epochs, rate=None, diverged=False):
+def run(act, seed, epochs, rate=None, diverged=False, gave_up=False):
   cell = ({"model.activation": act, "optim.learning_rate": rate}
           if rate is not None else {"option": f"fig1_{act}"})
   r = {"cell": cell, "seed": seed, "epochs_to_25pct_train_error": epochs,
        "train_curve": [[0.5, 0.6, 10], [1.0, 0.2, 10]]}
   if diverged:
     r["diverged"] = True
+  if gave_up:
+    r["ended"] = "gave_up"
   return r
 
 
 def test_the_fastest_rate_per_activation_skips_diverged_and_unreached():
   grid = [run("relu", 0, 6.0, 0.001), run("relu", 0, 3.5, 0.004),
           run("relu", 0, 2.0, 0.016, diverged=True),
-          run("tanh", 0, None, 0.001), run("tanh", 0, 20.0, 0.004)]
+          run("tanh", 0, None, 0.001), run("tanh", 0, 20.0, 0.004),
+          run("tanh", 0, None, 0.016, gave_up=True)]
   table = fig1.rate_table(grid)
   assert table["relu"]["best"] == 0.004 and table["tanh"]["best"] == 0.004
-  assert table["relu"]["rows"][-1] == (0.016, None, True)
+  assert table["relu"]["rows"][-1] == (0.016, None, True, False)
   md = fig1.to_markdown(table, None, [])
   assert "| relu | 0.004 (fastest) | 3.50 |" in md and "diverged" in md
   assert "| tanh | 0.001 | not reached |" in md
+  assert "| tanh | 0.016 | did not leave chance (stopped) |" in md
 
 
 def test_ratio_is_paired_by_seed_with_a_t_interval_of_log_ratios():
