@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-from flax import nnx
 
 from alexnet_jax import input_pipeline
+from alexnet_jax import layers
 from alexnet_jax import lrn_stats
 from alexnet_jax import sharding
 
@@ -48,8 +48,9 @@ def evaluate(run, stop=None, split: str | None = None, prefix: str = "eval"
              f"{prefix}_examples": n}
   if batches.num_skipped:
     metrics[f"{prefix}_skipped_images"] = batches.num_skipped
-  if prefix == "eval":  # The LRN statistic goes with the eval split's rows.
-    lrn = nnx.merge(run.eval_graph, run.model_state).lrn if any(
-        k.startswith("lrn/") for k in totals) else None
-    metrics.update(lrn_stats.finish(totals, lrn.constant) if lrn else {})
+  if prefix == "eval" and any(k.startswith("lrn/") for k in totals):
+    # The LRN statistic goes with the eval split's rows (AlexNet's LRN).
+    block = run.config.model.get("lrn")
+    lrn = layers.resolve_lrn(block.to_dict() if block else None)
+    metrics.update(lrn_stats.finish(totals, lrn.constant))
   return metrics

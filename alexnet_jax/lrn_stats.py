@@ -23,16 +23,9 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from alexnet_jax import ops
+
 SUFFIX = "_lrn_input"
-
-
-def _window_sum(v: jax.Array, n: int, groups: int) -> jax.Array:
-  """The sum over each channel's window of n, inside each of `groups`."""
-  *lead, c = v.shape
-  vg = v.reshape(*lead, groups, c // groups)
-  r = n // 2
-  sq = jnp.pad(vg, ((0, 0),) * (vg.ndim - 1) + ((r, n - 1 - r),))
-  return sum(sq[..., i:i + c // groups] for i in range(n)).reshape(v.shape)
 
 
 def sums(model, acts: dict, mask: jax.Array) -> dict:
@@ -48,7 +41,7 @@ def sums(model, acts: dict, mask: jax.Array) -> dict:
       continue
     name = key[:-len(SUFFIX)]
     a = a.astype(jnp.float32)
-    s = _window_sum(a * a, lrn.n, model.towers)
+    s = ops.channel_window_sum(a * a, lrn.n, model.towers)
     logrel = -lrn.beta * jnp.log1p(lrn.alpha * s / lrn.k)  # log(f / c).
     d = jnp.expm1(logrel)
     m = mask.astype(jnp.float32).reshape((-1,) + (1,) * (a.ndim - 1))
@@ -75,7 +68,3 @@ def finish(totals: dict, constant: float) -> dict:
     out[base + "/logdev"] = float(totals[base + "/absLog"]) / n
   return out
 
-
-def strip(totals: dict) -> dict:
-  """totals without the LRN sums."""
-  return {k: v for k, v in totals.items() if not k.startswith("lrn/")}

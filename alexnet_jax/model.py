@@ -136,7 +136,7 @@ class AlexNet(nnx.Module):
                        conv1_padding=conv1_padding, pool_mode=pool_mode,
                        channels=channels, fc_features=fc_features)
     self.lrn = layers.resolve_lrn(lrn)
-    n_norm = sum(1 for l in layers.LAYERS if l.norm)
+    n_norm = len(layers.BATCHNORMS)  # The layers with `norm`.
     norm_scale = tuple(norm_scale or ())
     if norm_scale and (len(norm_scale) != n_norm or min(norm_scale) <= 0):
       raise ValueError(f"model.norm_scale needs {n_norm} positive factors "
@@ -229,8 +229,7 @@ class AlexNet(nnx.Module):
     acts, logits = {}, None
     y = x.astype(self.dtype)
     c = self.lrn
-    norms = [l.name for l in layers.LAYERS if l.norm]
-    pools = [l.name for l in layers.LAYERS if l.pool]
+    norms, pools = list(layers.BATCHNORMS), list(layers.POOLED)
     for spec in layers.LAYERS:
       with jax.named_scope(spec.name):
         if spec.gather:

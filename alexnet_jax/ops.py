@@ -250,17 +250,22 @@ def conv(x: jax.Array, kernel: jax.Array, *, stride: int = 1,
 # ---------------------------------------------------------------- plain
 
 
+def channel_window_sum(v: jax.Array, n: int, groups: int = 1) -> jax.Array:
+  """S(v): the sum over each channel's window of n (centred, cut at the
+  edges) inside each of `groups` equal channel blocks, as shifted slices."""
+  *lead, c = v.shape
+  vg = v.reshape(*lead, groups, c // groups)
+  r = n // 2
+  sq = jnp.pad(vg, ((0, 0),) * (vg.ndim - 1) + ((r, n - 1 - r),))
+  return sum(sq[..., i:i + c // groups] for i in range(n)).reshape(v.shape)
+
+
 def plain_local_response_norm(x: jax.Array, *, groups: int = 1,
                               n: int = LRN_N, k: float = LRN_K,
                               alpha: float = LRN_ALPHA,
                               beta: float = LRN_BETA) -> jax.Array:
   """The paper's formula: shifted slices of x^2 inside each tower, pow."""
-  *lead, c = x.shape
-  xg = x.reshape(*lead, groups, c // groups)
-  r = n // 2
-  sq = jnp.pad(xg * xg, ((0, 0),) * (xg.ndim - 1) + ((r, n - 1 - r),))
-  s = sum(sq[..., i:i + c // groups] for i in range(n))
-  return (xg / (k + alpha * s) ** beta).reshape(x.shape)
+  return x / (k + alpha * channel_window_sum(x * x, n, groups)) ** beta
 
 
 def plain_max_pool(x: jax.Array, window: int, stride: int) -> jax.Array:
