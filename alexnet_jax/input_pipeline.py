@@ -8,8 +8,9 @@ iterators make one pass in which every example appears exactly once, the
 last batch padded with mask=False rows, and every shard makes the same
 number of steps.
 
-Where the examples come from is sources.py (synthetic, tfds, folder); how an
-image is decoded, augmented and cropped is preprocess.py. This module
+Where the examples come from is sources.py (synthetic, tfds, folder,
+prepared); how an image is decoded, augmented and cropped is preprocess.py
+(or, with data.decoder=dali, dali.py on the GPU). This module
 batches them, keeps unreadable images as masked rows (counted and logged,
 never a crash) and prefetches to the devices. Randomness is stateless: the
 shuffle order is a function of (seed, shard, epoch) and each example's
@@ -181,6 +182,13 @@ def train_iterator(config, *, image_size: int, start_step: int = 0,
     return info, Batches(synthetic_train(config, data, rows, start_step),
                          where="synthetic train", fill=True)
 
+  if d.get("decoder", "tf") == "dali":  # On the GPU (dali.py).
+    from alexnet_jax import dali  # pylint: disable=g-import-not-at-top
+    (total, classes, names), batches = dali.train_batches(
+        config, image_size=image_size, start_step=start_step,
+        b=rows.stop - rows.start, shard=shard, num_shards=num_shards)
+    return Split(total, classes, image_size, names), Batches(
+        batches, where=f"DALI {d.path}", fill=True)
   tf = lazy_tf()
   records = split_records(config, d.train_split, shard, num_shards)
   n, b = records.num_local, rows.stop - rows.start

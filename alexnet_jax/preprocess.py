@@ -61,6 +61,11 @@ def check_options(config, image_size: int):
                     f"{image_size} model input")
   if d.crop_padding < 0:
     raise DataError(f"data.crop_padding must be >= 0, got {d.crop_padding}")
+  if d.get("decoder", "tf") not in ("tf", "dali"):
+    raise DataError(f"data.decoder must be tf or dali, got {d.decoder!r}")
+  if d.get("decoder", "tf") == "dali" and d.source != "prepared":
+    raise DataError(f"data.decoder=dali reads prepared shards: set "
+                    f"data.source=prepared (got {d.source!r})")
   if d.get("classes") and d.source != "folder":
     raise DataError(f"data.classes picks class folders of source=folder; "
                     f"with source={d.source} leave it empty")
@@ -199,8 +204,16 @@ def _square_side(d, s, size: int):
 
 
 def _resize(image, side):
-  return lazy_tf().image.resize(image, [side, side], method="bilinear",
-                            antialias=False)
+  """Bilinear to side x side; an image of that size is kept (the resize
+  would return it exactly, at the cost of a float pass: prepared 256x256
+  squares and their 1:1 crop windows)."""
+  tf = lazy_tf()
+  shape = tf.shape(image)
+  return tf.cond(
+      tf.logical_and(tf.equal(shape[0], side), tf.equal(shape[1], side)),
+      lambda: tf.cast(image, tf.float32),
+      lambda: tf.image.resize(image, [side, side], method="bilinear",
+                              antialias=False))
 
 
 def decoded_square(d, data, size: int):

@@ -8,10 +8,12 @@
   folder     data.path/<split>/<class>/*.jpg|jpeg|png, labels from the class
              folder names of the training split, sorted (or only the
              folders data.classes names, labelled in its order).
+  prepared   data.path holds the 256x256 TFRecord shards and manifest that
+             `python -m alexnet_jax.prepare` wrote (reader: prepared.py).
 
-A tfds or folder split becomes `Records`: one data shard's disjoint slice
-of the split as tf.data elements (encoded image bytes or a file name, the
-label), shuffled per epoch as a function of (seed, shard, epoch). A run has
+A tfds, folder or prepared split becomes `Records`: one data shard's
+disjoint slice of the split as tf.data elements (encoded image bytes or a
+file name, the label), shuffled per epoch as a function of (seed, shard, epoch). A run has
 as many data shards as distinct row slices of the global batch (usually one
 per process; the processes of a tower pair read the same shard).
 """
@@ -30,7 +32,7 @@ from absl import logging
 from alexnet_jax.folders import DataError, IMAGE_EXTENSIONS  # noqa: F401
 from alexnet_jax.folders import _missing, list_folder, split_where
 
-SOURCES = ("synthetic", "tfds", "folder")
+SOURCES = ("synthetic", "tfds", "folder", "prepared")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -317,6 +319,13 @@ def describe_split(config, split: str, image_size: int,
   if d.source == "folder":
     paths, _, names = list_folder(d, split)
     return Split(len(paths), len(names), image_size, names)
+  if d.source == "prepared":
+    from alexnet_jax import prepared  # pylint: disable=g-import-not-at-top
+    manifest, entry = prepared.split_info(d, split)
+    names = tuple(manifest["class_names"])
+    return Split(int(entry["num_examples"]),
+                 int(manifest.get("num_classes", len(names))), image_size,
+                 names)
   records = _tfds_records(config, split, 0, num_shards)
   return Split(records.num_examples, records.num_classes, image_size,
                records.class_names)
@@ -324,7 +333,11 @@ def describe_split(config, split: str, image_size: int,
 
 def split_records(config, split: str, shard: int = 0,
                   num_shards: int = 1) -> Records:
-  """One data shard's slice of a split of a tfds or folder source."""
+  """One data shard's slice of a split of a tfds, folder or prepared
+  source."""
   if config.data.source == "folder":
     return _folder_records(config, split, shard, num_shards)
+  if config.data.source == "prepared":
+    from alexnet_jax import prepared  # pylint: disable=g-import-not-at-top
+    return prepared.records(config, split, shard, num_shards)
   return _tfds_records(config, split, shard, num_shards)

@@ -116,6 +116,9 @@ def get_config(arg=None):
   d.resize_size = 256
   d.random_crop = True
   d.fused_crop = True  # JPEG: decode only the crop window, then resize.
+  # Who decodes training images: tf (tf.data on the CPU) | dali (NVIDIA
+  # DALI on the GPU; source=prepared only, `pip install '.[dali]'`; dali.py).
+  d.decoder = "tf"
   # Pad the square by this many mean-colour pixels before random crops
   # (CIFAR-style; the crop then follows a full decode).
   d.crop_padding = 0
