@@ -1,9 +1,16 @@
 """Input pipeline throughput: the training pipeline next to a bare decode loop.
 
   python -m alexnet_jax.input_benchmark [--config=configs/default.py] \
-      [--batch_size=128] [--num_batches=20] [--json]
+      [--batch_size=128] [--num_batches=20] [--json] [--photos=DIR]
 
 Rows, each measured in the same run:
+  photos         with --photos=DIR (its *.jpg, e.g. the real photographs
+                 that experiments/get_photos.py writes, cycled to
+                 --num_images files): the paper's training pipeline on the
+                 full-size photos, and on the 256x256 shards that
+                 `python -m alexnet_jax.prepare` writes from them in the
+                 same run (quality 90); the rows' per-core rates and their
+                 ratio (prepared / full-size) are printed below the table;
   imagenet-like  500x375 JPEGs generated into a temporary folder, the paper's
                  training preprocessing (256 square, random 227 crop fused with
                  the decode, flip, PCA lighting, mean), and the same with the
@@ -15,7 +22,9 @@ Rows, each measured in the same run:
                  that is present.
 "bare decode" reads and decodes the same files one at a time in a Python
 loop (tf.io.decode_image, no augmentation, no parallelism): what a naive
-loader gets on one core. ratio = pipeline / bare.
+loader gets on one core. ratio = pipeline / bare. "per core" = pipeline
+images/s divided by the CPUs this process may use. The CPU model, that
+count and the load average before and after are printed with the table.
 """
 
 from __future__ import annotations
@@ -24,6 +33,7 @@ import copy
 import json
 import os
 import pathlib
+import sys
 import tarfile
 import tempfile
 import time
@@ -93,6 +103,38 @@ def _cifar_folder(tmp: pathlib.Path, n: int) -> tuple[str, str]:
   return str(root), "generated"
 
 
+def _photo_folder(photos: str, root: pathlib.Path, n: int) -> list[str]:
+  """root/train/c<k>/ holding n links cycling over photos/*.jpg; the names
+  of the photos."""
+  names = sorted(f for f in os.listdir(photos)
+                 if f.lower().endswith((".jpg", ".jpeg")))
+  if not names:
+    raise ip.DataError(f"--photos={photos} holds no .jpg files (see "
+                       f"experiments/get_photos.py)")
+  for i in range(n):
+    path = root / "train" / f"c{i % 4}" / f"{i:05d}.jpg"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.symlink_to(os.path.abspath(os.path.join(photos, names[i % len(
+        names)])))
+  return names
+
+
+def _cores() -> int:
+  return len(os.sched_getaffinity(0))
+
+
+def _machine() -> str:
+  model = "unknown CPU"
+  try:
+    with open("/proc/cpuinfo") as f:
+      model = next((line.split(":", 1)[1].strip() for line in f
+                    if line.startswith("model name")), model)
+  except OSError:
+    pass
+  load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+  return f"{model}, {_cores()} usable cores, load average {load}"
+
+
 def _data_config(config, **data):
   config = copy.deepcopy(config)
   d = config.data
@@ -139,25 +181,45 @@ def _bare_rate(config, num_images: int) -> tuple[float, float]:
 
 def run(config, *, batch_size: int | None = None,
         num_batches: int | None = None, as_json: bool = False,
-        num_images: int | None = None, rounds: int = 3) -> list[dict]:
+        num_images: int | None = None, rounds: int = 3,
+        photos: str | None = None) -> list[dict]:
   """Measures every row, prints a table (or JSON) and returns the rows.
 
-  num_images: how many ImageNet-sized JPEGs to generate (CIFAR gets 4x);
-  the pipeline cycles over them. Each row is the median of `rounds`
-  alternating measurements of the bare loop and the pipeline.
+  num_images: how many ImageNet-sized JPEGs to generate (CIFAR gets 4x)
+  and photo files to cycle over; the pipeline cycles over them. Each row is
+  the median of `rounds` alternating measurements of the bare loop and the
+  pipeline. photos: a folder of real photographs (rows "photos ...").
   """
+  from alexnet_jax import prepare  # pylint: disable=g-import-not-at-top
   batch_size = batch_size or config.batch_size
   num_batches = num_batches or 20
   num_images = num_images or 256
   bare_images = max(batch_size, min(num_batches * batch_size, 1000))
-  rows = []
+  rows, machine = [], _machine()
+  say = (lambda text: print(text, file=sys.stderr, flush=True)) if (
+      as_json) else (lambda text: print(text, flush=True))
+  say(f"machine: {machine}")
   with tempfile.TemporaryDirectory(prefix="alexnet_input_") as tmp:
     tmp = pathlib.Path(tmp)
+    cases = []
+    if photos:
+      names = _photo_folder(photos, tmp / "photos", num_images)
+      say(f"photos: {len(names)} from {photos} ({', '.join(names)}), "
+          f"cycled to {num_images} files")
+      full = _data_config(config, path=str(tmp / "photos"), resize_size=256,
+                          crop_padding=0, pca_lighting=True,
+                          mean=IMAGENET_MEAN, fused_crop=True)
+      prepare.prepare(full, str(tmp / "prepared"), ["train"], quality=90,
+                      log=lambda _: None)
+      ready = copy.deepcopy(full)
+      ready.data.source, ready.data.path = "prepared", str(tmp / "prepared")
+      cases += [("photos full-size, fused crop", photos, full, 227),
+                ("photos prepared 256x256 q90", photos, ready, 227)]
     _write_jpegs(tmp / "imagenet", num_images, 375, 500)
     cifar, cifar_from = _cifar_folder(tmp, 4 * num_images)
     paper = dict(path=str(tmp / "imagenet"), resize_size=256,
                  crop_padding=0, pca_lighting=True, mean=IMAGENET_MEAN)
-    cases = [
+    cases += [
         ("imagenet-like 500x375, fused crop", "generated",
          _data_config(config, fused_crop=True, **paper), 227),
         ("imagenet-like 500x375, full decode", "generated",
@@ -186,24 +248,42 @@ def run(config, *, batch_size: int | None = None,
                    "pipeline_images_per_sec": round(rate, 1),
                    "bare_decode_images_per_sec": round(bare_rate, 1),
                    "ratio": round(rate / bare_rate, 2),
-                   "cpu_cores": os.cpu_count()})
-  if as_json:
+                   "pipeline_images_per_sec_per_core": round(
+                       rate / _cores(), 1),
+                   "cpu_cores": _cores()})
+  after = _machine().split("load average ")[1]
+  for r in rows:
+    r["machine"] = f"{machine}; after the run {after}"
+  if as_json:  # A list of rows (gpu_table.py reads it).
     print(json.dumps(rows, indent=1))
   else:
     print(format_table(rows))
+    print(f"machine: {machine}; after the run {after}")
   return rows
 
 
 def format_table(rows: list[dict]) -> str:
   head = (f"{'data':36s} {'size':>4s} {'KB':>6s} {'pipeline img/s':>15s} "
-          f"{'bare decode img/s':>18s} {'ratio':>6s}")
+          f"{'per core':>9s} {'bare decode img/s':>18s} {'ratio':>6s}")
   lines = [head, "-" * len(head)]
   for r in rows:
     lines.append(f"{r['data']:36s} {r['image_size']:4d} "
                  f"{r['kb_per_file']:6.1f} "
                  f"{r['pipeline_images_per_sec']:15.1f} "
+                 f"{r['pipeline_images_per_sec_per_core']:9.1f} "
                  f"{r['bare_decode_images_per_sec']:18.1f} "
                  f"{r['ratio']:6.2f}")
+  by_name = {r["data"].split(",")[0].split(" 256")[0]: r for r in rows}
+  full, ready = by_name.get("photos full-size"), by_name.get(
+      "photos prepared")
+  if full and ready:
+    lines.append(
+        f"prepared / full-size photos: pipeline "
+        f"{ready['pipeline_images_per_sec'] / full['pipeline_images_per_sec']:.2f}x"
+        f" ({ready['pipeline_images_per_sec_per_core']:.1f} vs "
+        f"{full['pipeline_images_per_sec_per_core']:.1f} img/s per core), "
+        f"bare decode "
+        f"{ready['bare_decode_images_per_sec'] / full['bare_decode_images_per_sec']:.2f}x")
   if rows:
     lines.append(f"batch {rows[0]['batch_size']}, {rows[0]['cpu_cores']} "
                  "CPU cores, medians of alternating rounds;\nbare decode = "
@@ -213,9 +293,15 @@ def format_table(rows: list[dict]) -> str:
 
 def _main(argv):
   del argv
-  run(FLAGS.config, batch_size=FLAGS.batch_size or None,
-      num_batches=FLAGS.num_batches or None, as_json=FLAGS.json,
-      num_images=FLAGS.num_images or None, rounds=FLAGS.rounds)
+  try:
+    run(FLAGS.config, batch_size=FLAGS.batch_size or None,
+        num_batches=FLAGS.num_batches or None, as_json=FLAGS.json,
+        num_images=FLAGS.num_images or None, rounds=FLAGS.rounds,
+        photos=FLAGS.photos)
+  except (ip.DataError, OSError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  return 0
 
 
 if __name__ == "__main__":
@@ -230,4 +316,7 @@ if __name__ == "__main__":
                        "(0: 256).")
   flags.DEFINE_integer("rounds", 3, "Alternating measurements per row.")
   flags.DEFINE_bool("json", False, "Print JSON instead of a table.")
+  flags.DEFINE_string("photos", None, "A folder of real photographs (*.jpg, "
+                      "experiments/get_photos.py): full-size vs prepared "
+                      "rows.")
   app.run(_main)
