@@ -18,8 +18,9 @@ Rows, each measured in the same run:
   cifar10        the extracted archive (~/.cache/alexnet_jax/cifar10), else a
                  subset of ../shared/data/cifar10-jpg.tar.gz, else generated
                  32x32 JPEGs; padded random crops, flip, mean;
-  configured     the config's own data set when it is a tfds or folder source
-                 that is present.
+  configured     the config's own data set when it is a tfds, folder or
+                 prepared source that is present (data.decoder=dali: decoded
+                 on the GPU); --configured_only measures only this row.
 "bare decode" reads and decodes the same files one at a time in a Python
 loop (tf.io.decode_image, no augmentation, no parallelism): what a naive
 loader gets on one core. ratio = pipeline / bare. "per core" = pipeline
@@ -154,7 +155,9 @@ def _pipeline_rate(config, size: int, batch_size: int,
     next(batches)
   start = time.perf_counter()
   for _ in range(num_batches):
-    next(batches)
+    batch = next(batches)
+  if hasattr(batch["image"], "block_until_ready"):  # DALI: a jax.Array.
+    batch["image"].block_until_ready()
   rate = num_batches * batch_size / (time.perf_counter() - start)
   del batches  # Stops its threads before the next measurement.
   return rate
@@ -182,7 +185,8 @@ def _bare_rate(config, num_images: int) -> tuple[float, float]:
 def run(config, *, batch_size: int | None = None,
         num_batches: int | None = None, as_json: bool = False,
         num_images: int | None = None, rounds: int = 3,
-        photos: str | None = None) -> list[dict]:
+        photos: str | None = None, configured_only: bool = False
+        ) -> list[dict]:
   """Measures every row, prints a table (or JSON) and returns the rows.
 
   num_images: how many ImageNet-sized JPEGs to generate (CIFAR gets 4x)
@@ -215,11 +219,12 @@ def run(config, *, batch_size: int | None = None,
       ready.data.source, ready.data.path = "prepared", str(tmp / "prepared")
       cases += [("photos full-size, fused crop", photos, full, 227),
                 ("photos prepared 256x256 q90", photos, ready, 227)]
-    _write_jpegs(tmp / "imagenet", num_images, 375, 500)
-    cifar, cifar_from = _cifar_folder(tmp, 4 * num_images)
-    paper = dict(path=str(tmp / "imagenet"), resize_size=256,
-                 crop_padding=0, pca_lighting=True, mean=IMAGENET_MEAN)
-    cases += [
+    if not configured_only:
+      _write_jpegs(tmp / "imagenet", num_images, 375, 500)
+      cifar, cifar_from = _cifar_folder(tmp, 4 * num_images)
+      paper = dict(path=str(tmp / "imagenet"), resize_size=256,
+                   crop_padding=0, pca_lighting=True, mean=IMAGENET_MEAN)
+    cases += [] if configured_only else [
         ("imagenet-like 500x375, fused crop", "generated",
          _data_config(config, fused_crop=True, **paper), 227),
         ("imagenet-like 500x375, full decode", "generated",
@@ -228,7 +233,7 @@ def run(config, *, batch_size: int | None = None,
          _data_config(config, path=cifar, resize_size=0, crop_padding=4,
                       pca_lighting=False, mean=CIFAR_MEAN), 32),
     ]
-    if config.data.source in ("tfds", "folder"):
+    if config.data.source in ("tfds", "folder", "prepared"):
       cases.append((f"configured ({config.data.source})", "config", config,
                     model_lib.input_size(config.model)))
     for name, source, cfg, size in cases:
@@ -297,7 +302,7 @@ def _main(argv):
     run(FLAGS.config, batch_size=FLAGS.batch_size or None,
         num_batches=FLAGS.num_batches or None, as_json=FLAGS.json,
         num_images=FLAGS.num_images or None, rounds=FLAGS.rounds,
-        photos=FLAGS.photos)
+        photos=FLAGS.photos, configured_only=FLAGS.configured_only)
   except (ip.DataError, OSError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
@@ -316,6 +321,8 @@ if __name__ == "__main__":
                        "(0: 256).")
   flags.DEFINE_integer("rounds", 3, "Alternating measurements per row.")
   flags.DEFINE_bool("json", False, "Print JSON instead of a table.")
+  flags.DEFINE_bool("configured_only", False, "Measure only the config's "
+                    "own data set.")
   flags.DEFINE_string("photos", None, "A folder of real photographs (*.jpg, "
                       "experiments/get_photos.py): full-size vs prepared "
                       "rows.")

@@ -9,6 +9,10 @@
 #   - the input pipeline's images/s on real JPEGs (the shared CIFAR-10
 #     archive, upscaled to 224 as the default config does) next to the train
 #     step's: which one limits;
+#   - the same images prepared once as 256x256 shards (alexnet_jax.prepare):
+#     the input pipeline on them with tf.data, and with NVIDIA DALI decoding
+#     on the GPU where DALI is installed (OUT/input_prepared.txt,
+#     OUT/input_dali.txt);
 #   - with 2+ GPUs: the two-tower split (mesh.model=2) against data
 #     parallelism (mesh.data=2), and --mode=comm on the model=2 mesh;
 #   - whether the paper's init leaves chance: configs/default.py:cifar10
@@ -118,6 +122,29 @@ if [[ -d "$SCRATCH/cifar10" ]]; then
   cp "$SCRATCH/paper_init/metrics.jsonl" "$OUT/paper_init.jsonl" 2>/dev/null
 else
   echo "paper_init: skipped ($ARCHIVE not found)"
+fi
+
+if [[ -d "${DATA:-}" ]]; then
+  # The prepared path (alexnet_jax/prepare.py): the training images written
+  # once as 256x256 JPEGs in TFRecord shards, then the input pipeline's
+  # images/s on them, decoded by tf.data on the CPU and, where NVIDIA DALI is
+  # installed (pip install -e '.[dali]'), by DALI on the GPU.
+  PREPARED=(--config=configs/default.py:cifar10
+            --config.data.source=prepared --config.data.path="$SCRATCH/prepared")
+  step prepare "$PY" -m alexnet_jax.prepare --config=configs/default.py:cifar10 \
+    --config.data.path="$DATA" --splits=train --out="$SCRATCH/prepared"
+  step input_prepared "$PY" -m alexnet_jax.input_benchmark "${PREPARED[@]}" \
+    --configured_only --batch_size="${BATCHES[0]}" --rounds=1 --json
+  if "$PY" -c 'import nvidia.dali.plugin.jax' 2>/dev/null; then
+    step input_dali "$PY" -m alexnet_jax.input_benchmark "${PREPARED[@]}" \
+      --config.data.decoder=dali --configured_only \
+      --batch_size="${BATCHES[0]}" --rounds=1 --json
+  else
+    echo "input_dali: skipped (NVIDIA DALI not installed: pip install -e" \
+      "'.[dali]')"
+  fi
+else
+  echo "prepare, input_prepared, input_dali: skipped ($ARCHIVE not found)"
 fi
 
 if (( NDEV >= 2 )); then
