@@ -17,9 +17,10 @@ processes hits both alike. The table reports the median window.
 GFLOP/s counts 2 x multiply-adds of every convolution and matmul in the
 step's jaxpr (forward, and for train the backward convolutions and matmuls
 too); elementwise work (ReLU, LRN, pooling, optimizer) is not counted. The
-peak is a 4096x4096 `jnp.dot` in the step's compute dtype (bfloat16 with
-`--config.half_precision=True`), measured in the same run (the best of its
-runs before and after the timed windows).
+peak is a 4096x4096 `jnp.dot` in the step's compute dtype (with
+`--config.half_precision=True` the one precision.py chooses for the device:
+bfloat16, or float16 with its loss scale in the step), measured in the same
+run (the best of its runs before and after the timed windows).
 
 The PyTorch peers are the same network written with torch.nn (grouped
 convs via groups=2, LRN per tower, same pools and dropout;
@@ -59,6 +60,7 @@ import numpy as np
 from alexnet_jax import flops as flops_lib
 from alexnet_jax import input_pipeline
 from alexnet_jax import model as model_lib
+from alexnet_jax import precision
 from alexnet_jax import sharding
 from alexnet_jax import train
 
@@ -188,9 +190,11 @@ def benchmark(config, *, what: str = "train", batch_size: int | None = None,
   batch_size = batch_size or config.batch_size
   with config.unlocked():
     config.batch_size = batch_size
-  # The peak in the step's compute dtype: bfloat16 matmuls run at several
+  # The peak in the step's compute dtype: 16-bit matmuls run at several
   # times the float32 rate on GPUs, so MFU is against the matching one.
-  peak_dtype = jnp.bfloat16 if config.half_precision else jnp.float32
+  prec = precision.choose(config)
+  print(prec.describe(), file=sys.stderr, flush=True)  # stdout: --json's.
+  peak_dtype = prec.compute_dtype
   peak = flops_lib.matmul_peak(peak_size, dtype=peak_dtype)
   runners = {"jax": JaxStep(config, what, batch_size)}
   first = {}
@@ -233,6 +237,7 @@ def benchmark(config, *, what: str = "train", batch_size: int | None = None,
   result = {
       "what": what, "batch": batch_size,
       "model": config.model.to_dict(), "half_precision": config.half_precision,
+      "dtype": prec.dtype, "precision": prec.describe(),
       "params": runners["jax"].params,
       "flops_per_step": flops,
       "flops_source": "jaxpr: 2 x multiply-adds of convolutions and matmuls",
@@ -297,7 +302,9 @@ def _machine() -> dict:
 def format_table(r: dict) -> str:
   """The human-readable report of `benchmark`'s result."""
   m = r["model"]
-  prec = "bf16 compute" if r["half_precision"] else "fp32"
+  prec = {"float32": "fp32", "bfloat16": "bf16 compute",
+          "float16": "fp16 compute, loss scaling"}[r.get("dtype") or (
+              "bfloat16" if r["half_precision"] else "float32")]
   lines = [
       f"{r['what']} step, batch {r['batch']}, {m['preset']} preset, width "
       f"{m['width']}, {r['params']:,} params, {prec}; "

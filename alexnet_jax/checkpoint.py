@@ -2,8 +2,9 @@
 
 A checkpoint holds the model state (parameters, BatchNorm statistics, the
 dropout RNG), the optimizer state and a JSON `meta` item: the step, the
-learning-rate schedule's host state (plateau), the best eval error so far and
-the model config the state belongs to. The data iterators are functions of
+learning-rate schedule's host state (plateau), the best eval error so far,
+the model config the state belongs to and, under float16, the loss scale
+(precision.py). The data iterators are functions of
 the step, so the step is their position.
 
 Saves are asynchronous and atomic: orbax writes into a temporary directory
@@ -24,6 +25,7 @@ import ml_collections
 import orbax.checkpoint as ocp
 from flax import nnx
 
+from alexnet_jax import precision
 from alexnet_jax import preflight
 
 ConfigError = preflight.ConfigError
@@ -151,8 +153,10 @@ def run_state(run) -> dict:
   """The arrays a checkpoint holds: run's model and optimizer states as
   plain nested dicts (`run` is a train.Run or anything with model_state,
   opt_state and config)."""
+  # float16's loss scale is in the meta instead (precision.py), so that a
+  # run of either precision restores the other's checkpoints.
   return {"model": nnx.to_pure_dict(run.model_state),
-          "opt": nnx.to_pure_dict(run.opt_state)}
+          "opt": precision.without_scale(nnx.to_pure_dict(run.opt_state))}
 
 
 def restore_into(run, ckpts: Checkpoints, step: int, *,
@@ -163,6 +167,7 @@ def restore_into(run, ckpts: Checkpoints, step: int, *,
   state, meta = ckpts.restore(step, run_state(run), best=best)
   nnx.replace_by_pure_dict(run.model_state, state["model"])
   nnx.replace_by_pure_dict(run.opt_state, state["opt"])
+  precision.restore_scale(run.opt_state, meta)
   return meta
 
 

@@ -31,6 +31,7 @@ from alexnet_jax import cc_layers
 from alexnet_jax import cc_ops
 from alexnet_jax import model as model_lib
 from alexnet_jax import ops as ops_lib
+from alexnet_jax import precision
 
 FAMILIES = ("alexnet", "cuda_convnet")
 ACTIVATIONS = ("relu", "tanh")
@@ -121,17 +122,18 @@ class CudaConvnet(nnx.Module):
           y = cc_ops.max_pool(y, r.size, r.stride, s.pads, self.ops)
         elif r.kind == "pool":
           y = cc_ops.avg_pool(y, r.size, r.stride, s.pads)
-        elif r.kind == "rnorm":
-          y = cc_ops.response_norm(y, r.size, r.scale, r.power)
+        elif r.kind == "rnorm":  # Sums of squares: float32 under float16.
+          y = precision.norm_in_float32(lambda v, r=r: cc_ops.response_norm(
+              v, r.size, r.scale, r.power), y)
         else:  # cmrnorm
-          y = cc_ops.cross_map_norm(y, r.size, r.scale, r.power,
-                                    ops=self.ops)
+          y = precision.norm_in_float32(lambda v, r=r: cc_ops.cross_map_norm(
+              v, r.size, r.scale, r.power, ops=self.ops), y)
         y = acts[r.name] = self.neuron(r.neuron, y)
     logits = y.astype(jnp.float32)
     return (logits, acts) if return_activations else logits
 
 
-def from_config(model_config, *, half_precision: bool = False,
+def from_config(model_config, *, dtype=jnp.float32,
                 rngs: nnx.Rngs) -> nnx.Module:
   """The model of a `model` block whose family is not AlexNet (model.py's
   from_config hands such blocks here)."""
@@ -144,4 +146,4 @@ def from_config(model_config, *, half_precision: bool = False,
       net=c.net, num_classes=c.num_classes, image_size=c.image_size,
       activation=c.activation, tanh=tuple(c.tanh), norm=c.norm,
       ops=c.get("ops", "auto"),
-      dtype=jnp.bfloat16 if half_precision else jnp.float32, rngs=rngs)
+      dtype=dtype, rngs=rngs)

@@ -35,12 +35,15 @@ a hand-written derivative, max-pooling without select-and-scatter), `plain`
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
 from alexnet_jax import layers
 from alexnet_jax import ops as ops_lib
+from alexnet_jax import precision
 from alexnet_jax import sharding
 
 INIT_STD = 0.01
@@ -123,7 +126,8 @@ class AlexNet(nnx.Module):
     norm='scale', the fixed factor of each LRN layer (() : LRN's constant
     k^-beta for each).
 
-    dtype is the compute dtype (bfloat16 for mixed precision); parameters
+    dtype is the compute dtype (bfloat16 or float16 for mixed precision,
+    precision.py); parameters
     are always float32 and the logits are returned as float32. ops picks
     the formulation of the operations (ops.py): auto, fast or plain.
     """
@@ -241,14 +245,17 @@ class AlexNet(nnx.Module):
           logits = acts[spec.name] = y.astype(jnp.float32)
           continue
         if spec.norm and self.norm == "batchnorm":
-          y = self.act(hooks.batchnorm(spec, y))  # conv -> BN -> ReLU.
+          # conv -> BN -> ReLU; BN's statistics in float32, its output back
+          # in the compute dtype (else the layers after it run in float32).
+          y = self.act(hooks.batchnorm(spec, y).astype(y.dtype))
         else:
           y = self.act(y)  # conv -> ReLU -> LRN (paper) | conv -> ReLU.
           if spec.norm and self.norm == "lrn":
             # LRN's input, for its statistic (lrn_stats.py; unused: free).
             acts[spec.name + "_lrn_input"] = y
-            y = o.local_response_norm(y, groups=hooks.lrn_groups, n=c.n,
-                                      k=c.k, alpha=c.alpha, beta=c.beta)
+            y = precision.norm_in_float32(functools.partial(
+                o.local_response_norm, groups=hooks.lrn_groups, n=c.n,
+                k=c.k, alpha=c.alpha, beta=c.beta), y)
           elif spec.norm and self.norm == "scale":
             y = y * jnp.asarray(self.norm_scale[norms.index(spec.name)],
                                 y.dtype)
@@ -295,15 +302,15 @@ def input_size(model_config) -> int:
   return PRESETS[model_config.preset].image_size
 
 
-def from_config(model_config, *, half_precision: bool = False,
+def from_config(model_config, *, dtype=jnp.float32,
                 rngs: nnx.Rngs) -> AlexNet:
-  """Builds the model from the `model` block of a config."""
+  """Builds the model from the `model` block of a config, computing in
+  `dtype` (precision.choose(config).compute_dtype in training)."""
   c = model_config
   if c.get("family", "alexnet") != "alexnet":
     # cuda-convnet's CIFAR-10 nets (and the error naming the families).
     from alexnet_jax import cuda_convnet  # pylint: disable=import-outside-toplevel
-    return cuda_convnet.from_config(c, half_precision=half_precision,
-                                    rngs=rngs)
+    return cuda_convnet.from_config(c, dtype=dtype, rngs=rngs)
   return AlexNet(
       preset=c.preset, num_classes=c.num_classes, norm=c.norm, pool=c.pool,
       towers=c.towers, activation=c.activation, width=c.width,
@@ -314,7 +321,7 @@ def from_config(model_config, *, half_precision: bool = False,
       lrn=_plain(c.get("lrn")), norm_scale=tuple(c.get("norm_scale", ())),
       pool_mode=c.get("pool_mode"), channels=c.get("channels"),
       fc_features=c.get("fc_features"),
-      dtype=jnp.bfloat16 if half_precision else jnp.float32, rngs=rngs)
+      dtype=dtype, rngs=rngs)
 
 
 def _plain(block):

@@ -20,6 +20,7 @@ from alexnet_jax import cc_layers
 from alexnet_jax import input_pipeline
 from alexnet_jax import layers
 from alexnet_jax import model as model_lib
+from alexnet_jax import precision
 from alexnet_jax import sharding
 
 
@@ -52,6 +53,9 @@ def check_config(config: ml_collections.ConfigDict) -> None:
                                       config.num_epochs > 0),
        f"num_epochs must be > 0 when num_train_steps <= 0 (got num_epochs="
        f"{config.num_epochs}, num_train_steps={config.num_train_steps})")
+  need(config.get("half_precision_dtype", "auto") in precision.DTYPES,
+       f"half_precision_dtype must be one of {precision.DTYPES}, got "
+       f"{config.get('half_precision_dtype')!r}")
   o = config.optim
   need(_finite(o.learning_rate) and o.learning_rate > 0,
        f"optim.learning_rate must be a positive number, got "

@@ -173,9 +173,10 @@ class Window:
       self.run_start = self.start
 
   def fetch(self, step: int, last_good: int | None) -> dict[str, float] | None:
-    """train_<metric> means over the window, or None when nothing is
-    pending (sets images_per_sec); Diverged names the first non-finite
-    loss."""
+    """train_<metric> means over the window (train_loss_scale: the last),
+    or None when nothing is pending (sets images_per_sec); Diverged names
+    the first non-finite loss, or a window of float16 steps all skipped at
+    loss scale 1."""
     if not self.pending:
       return None
     fetched = jax.device_get(self.pending)
@@ -187,7 +188,16 @@ class Window:
         raise Diverged(f"the training loss is {m['loss']} at step {bad}; "
                        f"{kept}; lower optim.learning_rate (or see README, "
                        f"training notes) and rerun")
-    scalars = {f"train_{k}": float(np.mean([m[k] for m in fetched]))
+    if "overflow" in fetched[0] and all(
+        m["overflow"] and m["loss_scale"] <= 1 for m in fetched):
+      raise Diverged(f"float16 gradients are not finite even at loss scale 1 "
+                     f"(steps {step - len(fetched) + 1}-{step} skipped); "
+                     f"lower optim.learning_rate or use "
+                     f"--config.half_precision_dtype=bfloat16 or "
+                     f"--config.half_precision=False")
+    # The loss scale (float16, precision.py) as it stands, not a mean.
+    scalars = {f"train_{k}": float(fetched[-1][k] if k == "loss_scale" else
+                                   np.mean([m[k] for m in fetched]))
                for k in fetched[0]}
     now = time.perf_counter()
     self.images_per_sec = len(fetched) * self.batch_size / (now - self.start)

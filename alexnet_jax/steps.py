@@ -13,6 +13,7 @@ import optax
 from flax import nnx
 
 from alexnet_jax import lrn_stats
+from alexnet_jax import precision
 
 
 def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
@@ -37,9 +38,12 @@ def make_steps(model_graph, opt_graph, eval_graph, wrt=nnx.Param):
   train_step(model_state, opt_state, batch, learning_rate) donates both
   states and differentiates the parameters `wrt` selects (the optimizer's
   filter: all but the frozen layers', finetune.py), so no gradient is
-  computed for the others. eval_step(model_state, batch) returns masked
-  sums; a batch whose images are (B, crops, H, W, 3) is scored by the
-  softmax averaged over the crops (the paper's 10-crop test).
+  computed for the others. An optimizer with a loss scale (float16,
+  precision.py) gets the scaled loss's gradients, skips a step whose
+  gradients overflow, and adds `loss_scale` and `overflow` to the metrics.
+  eval_step(model_state, batch) returns masked sums; a batch whose images
+  are (B, crops, H, W, 3) is scored by the softmax averaged over the crops
+  (the paper's 10-crop test).
   """
 
   def train_step(model_state, opt_state, batch, learning_rate):
@@ -49,18 +53,22 @@ def make_steps(model_graph, opt_graph, eval_graph, wrt=nnx.Param):
     # Rows of unreadable images have mask=False and do not count.
     mask = batch["mask"].astype(jnp.float32)
     count = jnp.maximum(mask.sum(), 1.0)
+    # float16 (precision.py): what an overflowing step leaves unchanged.
+    before = precision.snapshot(model, optimizer)
 
     def loss_fn(model):
       logits = model(batch["image"])
-      return jnp.sum(cross_entropy(logits, batch["label"]) * mask) / count, (
-          logits)
+      loss = jnp.sum(cross_entropy(logits, batch["label"]) * mask) / count
+      return precision.scaled_loss(optimizer, loss), (loss, logits)
 
     grad_fn = nnx.value_and_grad(loss_fn, argnums=nnx.DiffState(0, wrt),
                                  has_aux=True)
-    (loss, logits), grads = grad_fn(model)
-    optimizer.update(model, grads, learning_rate=learning_rate)
+    (_, (loss, logits)), grads = grad_fn(model)
+    scale_metrics = precision.update(model, optimizer, grads, learning_rate,
+                                     before)
     correct = topk_correct(logits, batch["label"], 1)
-    metrics = {"loss": loss, "accuracy": jnp.sum(correct * mask) / count}
+    metrics = {"loss": loss, "accuracy": jnp.sum(correct * mask) / count,
+               **scale_metrics}
     return nnx.state(model), nnx.state(optimizer), metrics
 
   def eval_step(model_state, batch):

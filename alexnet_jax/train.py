@@ -27,6 +27,7 @@ from alexnet_jax import finetune
 from alexnet_jax import input_pipeline
 from alexnet_jax import model as model_lib
 from alexnet_jax import optim
+from alexnet_jax import precision
 from alexnet_jax import preflight
 from alexnet_jax import progress
 from alexnet_jax import resume_check
@@ -45,17 +46,18 @@ evaluate = evaluation.evaluate  # A split's errors, every example once.
 
 
 def create_train_state(config: ml_collections.ConfigDict):
-  """The model (train mode), its eval-mode graph and the optimizer."""
+  """The model (train mode), its eval-mode graph and the optimizer (with a
+  loss scale when the compute dtype is float16: precision.py)."""
   try:
-    model = model_lib.from_config(config.model,
-                                  half_precision=config.half_precision,
+    prec = precision.choose(config)
+    model = model_lib.from_config(config.model, dtype=prec.compute_dtype,
                                   rngs=nnx.Rngs(config.seed))
   except ValueError as e:
     raise ConfigError(str(e)) from None
-  optimizer = nnx.Optimizer(
+  optimizer = precision.attach(nnx.Optimizer(
       model, optim.create_optimizer(config.optim,
                                     finetune.layer_scales(config)),
-      wrt=finetune.trainable(config))
+      wrt=finetune.trainable(config)), prec)
   model.eval()
   eval_graph, _ = nnx.split(model)
   model.train()
@@ -225,6 +227,7 @@ class _Loop:
           f"{run.image_size} input; {self.num_steps} steps "
           f"({self.steps_per_epoch} per epoch) at batch {config.batch_size} "
           f"on mesh {dict(run.mesh.shape)}")
+      precision.log_choice(precision.choose(config))
       batches = input_pipeline.prefetch_to_device(
           self.train_batches, sharding.batch_sharding(run.mesh))
       self.window.restart(run=True)
@@ -314,7 +317,8 @@ class _Loop:
             "data_shards": resume_check.data_shards(self.config,
                                                     **data_slice(self.run)),
             "frozen": sorted(checkpoint_lib.frozen_layers(self.config)),
-            "class_names": self.class_names}
+            "class_names": self.class_names,
+            **precision.checkpoint_meta(self.run.opt_state)}
     if self.initialized_from:
       meta["initialized_from"] = self.initialized_from
     self.ckpts.save(step, checkpoint_lib.run_state(self.run), meta,

@@ -32,7 +32,11 @@ def get_config(arg=None):
   config.num_train_steps = -1  # > 0 overrides num_epochs.
   config.log_every_steps = 100
   config.eval_every_steps = -1  # <= 0: evaluate at the end of every epoch.
-  config.half_precision = False  # bfloat16 compute, float32 parameters.
+  config.half_precision = False  # 16-bit compute, float32 parameters.
+  # Which 16-bit float (alexnet_jax/precision.py): auto (bfloat16 where the
+  # hardware has it, else float16 with dynamic loss scaling) | bfloat16 |
+  # float16.
+  config.half_precision_dtype = "auto"
   config.checkpoint_every_steps = 1000  # Also at each epoch end and the last.
   config.max_checkpoints_to_keep = 3  # Plus the best by eval top-1 error.
 

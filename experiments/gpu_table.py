@@ -121,7 +121,9 @@ def table(out) -> str:
     if not r:
       continue
     row = r["rows"]["jax"]
-    dtype = "bfloat16" if r["half_precision"] else "float32"
+    # The dtype precision.py chose (older results: bfloat16 when half).
+    dtype = r.get("dtype") or ("bfloat16" if r["half_precision"] else
+                               "float32")
     mesh = name.split("_mesh_")[1] if "_mesh_" in name else "1 device"
     if r["what"] == "train" and "_mesh_" not in name:
       train_rate[r["batch"]] = max(train_rate.get(r["batch"], 0),
