@@ -12,9 +12,11 @@ size a single GPU finishes in hours. Extra axes as in
 configs/ablation_cifar10.py (`:towers`, `:pca`, `:dropout`, `:batchnorm`,
 comma-separated, after `imagenette,` if both).
 
-GPU defaults: bfloat16 compute with float32 parameters and loss
-(`half_precision`; bfloat16 matmuls and convolutions run at several times
-the float32 rate on current GPUs; on a CPU it is slower, so pass
+GPU defaults: half precision with float32 parameters and loss
+(`half_precision`: bfloat16, or float16 with dynamic loss scaling on GPUs
+without bfloat16 such as the T4 and V100, alexnet_jax/precision.py; 16-bit
+matmuls and convolutions run at several times the float32 rate on GPUs;
+on a CPU bfloat16 is slower, so pass
 `--config.half_precision=False` there) and batch 256, which fills a modern
 GPU with this model better than the paper's 128 (the rate is kept at the
 paper's 0.01; tune it if the batch changes the result).

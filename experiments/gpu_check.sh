@@ -3,9 +3,11 @@
 # plus the paper-init run's 3,000 steps), that writes raw output under OUT
 # and prints one table (experiments/gpu_table.py):
 #   - the smoke config end to end (wall time, exit code);
+#   - the half precision this GPU gets (OUT/precision.txt: bfloat16, or
+#     float16 with loss scaling where it lacks bfloat16, alexnet_jax/precision.py);
 #   - train and eval images/s of the paper model at batch 128 and 256, in
-#     float32 and bfloat16, with MFU against a matmul in the same dtype
-#     measured in the same run;
+#     float32 and that half precision, with MFU against a matmul in the same
+#     dtype measured in the same run;
 #   - the input pipeline's images/s on real JPEGs (the shared CIFAR-10
 #     archive, upscaled to 224 as the default config does) next to the train
 #     step's: which one limits;
@@ -17,7 +19,7 @@
 #     parallelism (mesh.data=2), and --mode=comm on the model=2 mesh;
 #   - whether the paper's init leaves chance: configs/default.py:cifar10
 #     (full width, N(0, 0.01^2) with bias 1, the authors' bias recipe) in
-#     bfloat16 on CIFAR-10 upscaled to 256, 3,000 steps of batch 128
+#     half precision on CIFAR-10 upscaled to 256, 3,000 steps of batch 128
 #     (GPU_CHECK_PAPER_STEPS; a few minutes more), and the first step at
 #     which its 100-step mean training loss is 10% below ln 10.
 #
@@ -78,6 +80,7 @@ step() {  # step NAME COMMAND...: runs it, output to OUT/NAME.txt.
 
 step smoke "$PY" -m alexnet_jax.main --config=configs/smoke.py \
   --workdir="$SCRATCH/smoke"
+step precision "$PY" -m alexnet_jax.precision
 for what in train eval; do
   for batch in "${BATCHES[@]}"; do
     for half in False True; do
@@ -111,7 +114,7 @@ if [[ -d "$SCRATCH/cifar10" ]]; then
     done
   fi
   rm -f "$OUT/paper_init.jsonl"
-  echo "configs/default.py:cifar10, bfloat16, $PAPER_STEPS steps of batch" \
+  echo "configs/default.py:cifar10, half precision, $PAPER_STEPS steps of batch" \
     "$PAPER_BATCH" > "$OUT/paper_init_run.txt"
   step paper_init "$PY" -m alexnet_jax.main \
     --config=configs/default.py:cifar10 --workdir="$SCRATCH/paper_init" \

@@ -43,6 +43,7 @@ def test_the_notebook_runs_in_cpu_mode(tmp_path, monkeypatch):
                    for o in c.outputs)
   assert "alexnet_jax already installed" in text
   assert "cpu" in text  # The device cell ran and MODE=cpu let it pass.
+  assert "precision: bfloat16 compute (cpu has bfloat16)" in text
   results = tmp_path / "work" / "sweep" / "results"
   assert (results / "results.md").exists()
   assert len(list((results / "runs").glob("*.json"))) == 2  # lrn, none.
