@@ -111,10 +111,9 @@ def full_metrics(monkeypatch, log):
 
 
 def full_tensorboard(monkeypatch, log):
-  def flush(self):
+  def scalars(self, step, values):
     raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-  from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
-  monkeypatch.setattr(SummaryWriter, "flush", flush)
+  monkeypatch.setattr(progress.EventWriter, "scalars", scalars)
 
 
 def full_checkpoint(monkeypatch, log):
