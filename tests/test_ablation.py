@@ -45,6 +45,10 @@ def test_axes_parse_and_cells_start_with_the_reference():
     ablation.parse_axes(("model.norm=lrn|none", "model.norm=lrn|batchnorm"))
 
 
+# Slow (8 training subprocesses, ~80 s): the default run keeps a sweep end to
+# end (the killed-run test: 2 runs, resume, results) and the report's
+# statistics (test_stats.py).
+@pytest.mark.slow
 def test_a_2x2_sweep_runs_reports_and_skips_what_is_done(tmp_path):
   # 2 x 2 of the config's axes (its norm axis has a third value, scale).
   grid = ("--config.sweep.axes=('model.norm=lrn|none', "

@@ -152,6 +152,9 @@ def test_torch_peer_lrn_matches_the_model_lrn(lrn):
                              rtol=2e-5, atol=1e-6)
 
 
+# Slow (~13 s): the same variants' equivalence is tested in test_fast_paths.py;
+# this runs the experiment program over them.
+@pytest.mark.slow
 def test_fast_paths_experiment_runs_every_variant():
   env = dict(os.environ, XLA_FLAGS="--xla_cpu_experimental_ynn_fusion_type=",
              JAX_PLATFORMS="cpu")

@@ -84,6 +84,9 @@ def converted(tmp_path_factory):
   return root, net
 
 
+# Slow: the converted full-size torchvision AlexNet (61M parameters) costs
+# ~30 s to build and save; its tests run in CI's slow pass.
+@pytest.mark.slow
 def test_imported_weights_predict_what_torch_computes(converted):
   import torch
   root, net = converted
@@ -161,6 +164,9 @@ def test_convert_errors_are_one_line(tmp_path):
     convert.load_state_dict(str(tmp_path / "missing.pth"))
 
 
+# Slow (~20 s): fine-tuning itself is tested by test_finetune.py; this is the
+# converted checkpoint as its source.
+@pytest.mark.slow
 def test_imported_weights_fine_tune_to_new_classes(converted, tmp_path):
   """configs/finetune_cifar10.py:torchvision on a 3-class folder: conv1-fc7
   start as torch's, fc8 is new (3 outputs), the frozen layers stay torch's
@@ -193,6 +199,9 @@ def test_imported_weights_fine_tune_to_new_classes(converted, tmp_path):
   assert model["fc8"]["kernel"].shape == (4096, 3)
 
 
+# Slow: the converted full-size torchvision AlexNet (61M parameters) costs
+# ~30 s to build and save; its tests run in CI's slow pass.
+@pytest.mark.slow
 def test_export_gives_back_the_state_dict_torch_loads(converted, tmp_path):
   """Import then export: torchvision's own state_dict, bit for bit, and a
   torchvision-layout network loads it strictly."""

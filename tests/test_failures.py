@@ -57,7 +57,7 @@ def assert_one_error(proc, code, *needles):
   assert len(errors) == 1, proc.stderr[-3000:]
   for needle in needles:
     assert needle in errors[0], errors[0]
-  assert "Traceback" not in proc.stderr
+  assert "Traceback" not in proc.stderr, proc.stderr[-6000:]
 
 
 def snapshot(path):
@@ -79,6 +79,9 @@ def test_validation_split_finds_val_and_is_read(tmp_path):
   assert "eval_examples=12" in proc.stdout  # All of val/, 3 x 4 images.
 
 
+# Slow (a training subprocess): the mirror of
+# test_validation_split_finds_val_and_is_read, which stays in the default run.
+@pytest.mark.slow
 def test_val_split_finds_validation(tmp_path):
   data = image_folder(tmp_path / "data", splits=("train", "validation"),
                       per_class=2)
@@ -328,7 +331,7 @@ def test_a_second_signal_stops_at_once_in_one_line(tmp_path):
                         capture_output=True, text=True, timeout=300)
   assert proc.returncode == 130, proc.stderr[-3000:]
   assert "stopped at once by a second signal" in proc.stderr
-  assert "Traceback" not in proc.stderr
+  assert "Traceback" not in proc.stderr, proc.stderr[-6000:]
 
 
 def test_ctrl_c_saves_and_exits_promptly(tmp_path):
