@@ -192,7 +192,10 @@ def benchmark(config, *, what: str = "train", batch_size: int | None = None,
     config.batch_size = batch_size
   # The peak in the step's compute dtype: 16-bit matmuls run at several
   # times the float32 rate on GPUs, so MFU is against the matching one.
-  prec = precision.choose(config)
+  try:
+    prec = precision.choose(config)
+  except ValueError as e:  # A half_precision_dtype that does not exist.
+    raise train.ConfigError(str(e)) from None
   print(prec.describe(), file=sys.stderr, flush=True)  # stdout: --json's.
   peak_dtype = prec.compute_dtype
   peak = flops_lib.matmul_peak(peak_size, dtype=peak_dtype)

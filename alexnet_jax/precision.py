@@ -39,6 +39,7 @@ from flax import nnx
 
 DTYPES = ("auto", "bfloat16", "float16")
 INIT_SCALE = 2.0 ** 15
+MAX_SCALE = 2.0 ** 24  # Doubling stops here (it must never reach inf).
 PERIOD = 2000  # Finite steps in a row before the scale doubles.
 META_KEY = "loss_scale"  # The scale's entry in a checkpoint's meta.
 
@@ -153,11 +154,13 @@ class DynamicLossScale(nnx.Pytree):
 
   def adjust(self, finite: jax.Array):
     """After a step: halve on overflow (not below 1), double after
-    `period` finite steps in a row."""
+    `period` finite steps in a row (not above MAX_SCALE: a scale that grew
+    to inf would overflow every step from then on)."""
     scale, good = self.scale[...], self.good_steps[...] + 1
     grow = finite & (good >= self.period)
     self.scale[...] = jnp.where(
-        finite, jnp.where(grow, scale * 2, scale), jnp.maximum(scale / 2, 1.0))
+        finite, jnp.where(grow, jnp.minimum(scale * 2, MAX_SCALE), scale),
+        jnp.maximum(scale / 2, 1.0))
     self.good_steps[...] = jnp.where(finite & ~grow, good, 0)
 
 

@@ -164,6 +164,10 @@ def check_data(config: ml_collections.ConfigDict, *, train: bool,
   d = config.data
   size = model_lib.input_size(config.model)
   input_pipeline.check_options(config, size)
+  if train and d.get("decoder", "tf") == "dali":  # Before the workdir is
+    from alexnet_jax import dali, prepared  # pylint: disable=g-import-not-at-top
+    dali.require()  # written to: DALI, a GPU, and options DALI does.
+    dali.check(d, prepared.load_manifest(d))
   splits = ([d.train_split] if train else []) + [d.eval_split]
   if train and d.get("test_split"):  # Read once, at the end: found now.
     splits.append(d.test_split)
@@ -172,8 +176,9 @@ def check_data(config: ml_collections.ConfigDict, *, train: bool,
     info = input_pipeline.describe_split(config, split, size, process_count)
     if d.source != "synthetic" and info.num_classes != (
         config.model.num_classes):
-      where = (f"folder {os.path.join(d.path, split)}" if d.source == "folder"
-               else f"TFDS {d.name}")
+      where = {"folder": f"folder {os.path.join(d.path, split)}",
+               "prepared": f"prepared {d.path}"}.get(d.source,
+                                                      f"TFDS {d.name}")
       raise input_pipeline.DataError(
           f"the data has {info.num_classes} classes ({where}), the model "
           f"{config.model.num_classes}: set --config.model.num_classes="

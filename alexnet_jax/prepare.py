@@ -42,7 +42,6 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
-import struct
 import sys
 import time
 
@@ -118,18 +117,6 @@ def _reason(error: Exception) -> str:
   return (lines[-1] if lines else type(error).__name__)[:300]
 
 
-def _index(path: str) -> list[tuple[int, int]]:
-  """(offset, length) of each record of a TFRecord file (DALI's index)."""
-  out, offset = [], 0
-  with open(path, "rb") as f:
-    while header := f.read(8):
-      (n,) = struct.unpack("<q", header)
-      f.seek(4 + n + 4, 1)
-      out.append((offset, 8 + 4 + n + 4))
-      offset += 8 + 4 + n + 4
-  return out
-
-
 def write_shard(task) -> dict:
   """Writes one shard (temporary name, then renamed) and its parts/ record;
   returns the record."""
@@ -149,19 +136,17 @@ def write_shard(task) -> dict:
       if error is not None:
         bad.append({"name": ex_name, "error": error})
         continue
-      feature = {
-          "image": tf.train.Feature(bytes_list=tf.train.BytesList(
-              value=[jpeg])),
-          "label": tf.train.Feature(int64_list=tf.train.Int64List(
-              value=[label])),
-          "name": tf.train.Feature(bytes_list=tf.train.BytesList(
-              value=[ex_name.encode()]))}
+      b, i = tf.train.BytesList, tf.train.Int64List
+      feature = {"image": tf.train.Feature(bytes_list=b(value=[jpeg])),
+                 "label": tf.train.Feature(int64_list=i(value=[label])),
+                 "name": tf.train.Feature(bytes_list=b(value=[
+                     ex_name.encode()]))}
       writer.write(tf.train.Example(features=tf.train.Features(
           feature=feature)).SerializeToString())
       counts[label] = counts.get(label, 0) + 1
       written += 1
   _atomic_write(path[:-len(".tfrecord")] + ".idx",
-                "".join(f"{o} {n}\n" for o, n in _index(tmp)))
+                "".join(f"{o} {n}\n" for o, n in prepared.record_index(tmp)))
   os.replace(tmp, path)
   record = {"file": name, "split": task["split"], "num_examples": written,
             "num_source": task["num_source"], "bytes": os.path.getsize(path),
@@ -243,18 +228,27 @@ def plan(config, out: str, splits, *, size: int, quality: int,
   return settings, tasks
 
 
-def _check_plan(out: str, settings: dict):
+def _check_plan(out: str, settings: dict) -> dict:
+  """plan.json: the settings of every run into `out`, which must agree but
+  for the splits each prepares (a split added later joins the plan)."""
   path = os.path.join(out, "plan.json")
+  merged, old = settings, None
   if os.path.exists(path):
     with open(path) as f:
       old = json.load(f)
-    if old != settings:
-      diff = sorted(k for k in settings if old.get(k) != settings[k])
+    diff = sorted(k for k in {**old, **settings} if k != "splits" and
+                  old.get(k) != settings.get(k)) + [
+                      f"splits.{k}" for k in settings["splits"]
+                      if old["splits"].get(k, settings["splits"][k]) !=
+                      settings["splits"][k]]
+    if diff:
       raise sources.DataError(f"{out} was prepared with other settings "
                               f"({', '.join(diff)} differ): use another "
                               f"--out, or delete it")
-  else:
-    _atomic_write(path, json.dumps(settings, indent=1))
+    merged = {**old, "splits": {**old["splits"], **settings["splits"]}}
+  if merged != old:
+    _atomic_write(path, json.dumps(merged, indent=1))
+  return merged
 
 
 def done_part(out: str, name: str) -> dict | None:
@@ -299,18 +293,21 @@ def prepare(config, out: str, splits, *, size: int = 256, quality: int = 90,
   from alexnet_jax.progress import eta  # pylint: disable=g-import-not-at-top
   out = os.path.abspath(os.path.expanduser(out))
   os.makedirs(os.path.join(out, "parts"), exist_ok=True)
-  settings, tasks = plan(config, out, list(splits), size=size,
-                         quality=quality,
-                         examples_per_shard=examples_per_shard)
-  _check_plan(out, settings)
-  for entry in os.scandir(out):  # Leftovers of an interrupted run.
-    if ".tmp." in entry.name:
-      os.remove(entry.path)
+  kw = dict(size=size, quality=quality, examples_per_shard=examples_per_shard)
+  settings, tasks = plan(config, out, list(splits), **kw)
+  earlier = [k for k in _check_plan(out, settings)["splits"]
+             if k not in splits]
+  if earlier:  # The manifest lists them too: their missing shards are written.
+    settings, tasks = plan(config, out, list(splits) + earlier, **kw)
+  for d in (out, os.path.join(out, "parts")):  # An interrupted run's leftovers.
+    for entry in os.scandir(d):
+      if ".tmp." in entry.name:
+        os.remove(entry.path)
   records = [r for r in (done_part(out, t["file"]) for t in tasks) if r]
   have = {r["file"] for r in records}
   todo = [t for t in tasks if t["file"] not in have]
   total = sum(t["num_source"] for t in todo)
-  workers = min(workers or len(os.sched_getaffinity(0)), max(len(todo), 1))
+  workers = min(workers or os.cpu_count() or 1, max(len(todo), 1))
   log(f"{out}: {len(tasks)} shards, {len(have)} already written, "
       f"{len(todo)} to write ({total} images) with {workers} process(es)")
   start, images = time.perf_counter(), 0
@@ -369,6 +366,9 @@ def _main(argv):
             workers=FLAGS.workers)
   except (sources.DataError, OSError) as e:
     print(f"error: {e}", file=sys.stderr)
+    return 2
+  except sources.lazy_tf().errors.OpError as e:  # A worker's read or write.
+    print(f"error: {_reason(e)}", file=sys.stderr)
     return 2
   return 0
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import struct
 
 from alexnet_jax.folders import DataError, SPLIT_ALIASES, _missing
 from alexnet_jax.sources import Records, lazy_tf, mix_seed, plain_fn
@@ -190,3 +191,15 @@ class _Path:
 
   def __init__(self, path: str):
     self.path, self.hint = path, ""
+
+
+def record_index(path: str) -> list[tuple[int, int]]:
+  """(offset, length) of each record of a TFRecord file (DALI's index)."""
+  out, offset = [], 0
+  with open(path, "rb") as f:
+    while header := f.read(8):
+      (n,) = struct.unpack("<q", header)
+      f.seek(4 + n + 4, 1)
+      out.append((offset, 8 + 4 + n + 4))
+      offset += 8 + 4 + n + 4
+  return out

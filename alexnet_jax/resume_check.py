@@ -34,7 +34,8 @@ from alexnet_jax import preflight
 DATA_POSITION = {
     "seed": None, "batch_size": None, "data.source": None,
     "data.train_split": None, "data.name": ("tfds",),
-    "data.shuffle_buffer": ("tfds",), "data.path": ("folder",),
+    "data.shuffle_buffer": ("tfds", "prepared"),
+    "data.path": ("folder", "prepared"),
     "data.classes": ("folder",), "data.holdout": ("folder",),
     "data.num_train_examples": ("synthetic",)}
 # Fields that leave the training itself as it is.

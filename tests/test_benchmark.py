@@ -85,6 +85,15 @@ def test_an_unknown_torch_peer_is_one_error_line():
       "'eager', 'module'], got ['eager', 'jit']"]
 
 
+def test_an_unknown_half_precision_dtype_is_one_error_line():
+  proc = run_benchmark(*TINY, "--config.half_precision=True",
+                       "--config.half_precision_dtype=fp8")
+  assert proc.returncode == 2
+  assert proc.stderr.strip().splitlines() == [
+      "error: half_precision_dtype must be one of ('auto', 'bfloat16', "
+      "'float16'), got 'fp8'"]
+
+
 def test_flop_count_of_one_grouped_conv_and_one_dot():
   x = jnp.zeros((2, 9, 9, 8))
   k = jnp.zeros((3, 3, 4, 6))  # Two groups of 4 -> 3 channels.

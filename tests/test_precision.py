@@ -95,6 +95,9 @@ def test_the_scale_halves_on_overflow_doubles_after_period_never_below_1():
   assert after(False) == (4.0, 0)
   assert after(True, True, False) == (2.0, 0)  # Overflow resets the count.
   assert after(False, False, False) == (1.0, 0)
+  top = precision.DynamicLossScale(init=precision.MAX_SCALE, period=1)
+  top.adjust(jnp.bool_(True))
+  assert float(top.scale[...]) == precision.MAX_SCALE  # Capped, never inf.
 
 
 def test_float16_lrn_sums_squares_in_float32():

@@ -300,6 +300,10 @@ def test_prepared_errors_are_one_line(tmp_path):
   cfg.data.decoder = "dali"
   with pytest.raises(ip.DataError, match=r"needs NVIDIA DALI: pip install"):
     ip.train_iterator(cfg, image_size=32)
+  # And in the checks before a run writes to its workdir.
+  from alexnet_jax import preflight  # pylint: disable=g-import-not-at-top
+  with pytest.raises(ip.DataError, match=r"needs NVIDIA DALI: pip install"):
+    preflight.check_data(cfg, train=True)
   # The command line: a checksum mismatch is one line and exit 1.
   r = subprocess.run([sys.executable, "-m", "alexnet_jax.prepare",
                       f"--out={out}", "--verify"], cwd=ROOT,
@@ -320,3 +324,23 @@ def test_dali_lighting_is_the_pca_shift():
         row, preprocess.pca_shift(tf.constant(a, tf.float32)).numpy(),
         rtol=1e-5, atol=1e-4)
   assert not np.allclose(shift, dali.lighting_shift(d, 5, 1, 4))
+
+
+def test_a_split_prepared_later_joins_the_manifest(tmp_path):
+  image_folder(tmp_path / "src", {"train": 4, "val": 3, "test": 2},
+               sizes=[(256, 300)])
+  config = folder_config(tmp_path / "src")
+  out = tmp_path / "out"
+  prepare.prepare(config, str(out), ["train", "val"], workers=1,
+                  log=lambda *_: None)
+  before = {p.name: p.stat().st_mtime_ns for p in out.glob("*.tfrecord")}
+  m = prepare.prepare(config, str(out), ["test"], workers=1,
+                      log=lambda *_: None)
+  assert {k: v["num_examples"] for k, v in m["splits"].items()} == {
+      "train": 4, "val": 3, "test": 2}
+  assert {p.name: p.stat().st_mtime_ns for p in out.glob("*.tfrecord")
+          if not p.name.startswith("test")} == before  # Not rewritten.
+  # Other settings are still refused, naming what differs.
+  with pytest.raises(prepared.DataError, match="quality differ"):
+    prepare.prepare(config, str(out), ["test"], quality=80, workers=1,
+                    log=lambda *_: None)

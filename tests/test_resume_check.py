@@ -110,3 +110,18 @@ def test_a_checkpoint_without_its_config_is_compared_with_config_json(
   lines = check(smoke.get_config(), {"step": 5}, tmp_path)
   assert lines == ["warning: data.holdout changed since the checkpoint at "
                    "step 5: (not in the checkpoint's config) -> 0"]
+
+
+@pytest.mark.parametrize("field,value", [("path", "/b"),
+                                         ("shuffle_buffer", 200)])
+def test_a_prepared_sources_path_and_shuffle_move_its_data(tmp_path, field,
+                                                          value):
+  before = smoke.get_config()
+  before.data.source, before.data.path = "prepared", "/a"
+  before.data.shuffle_buffer = 100
+  now = smoke.get_config()
+  now.data.source, now.data.path = "prepared", "/a"
+  now.data.shuffle_buffer = 100
+  now.data[field] = value
+  with pytest.raises(train.ConfigError, match=f"data.{field} "):
+    check(now, saved(before), tmp_path)
