@@ -134,15 +134,17 @@ def table(out) -> str:
         f"{row['gflops'] / 1e3:.2f} | {row['pct_peak']:.0f}% | "
         f"{r['matmul_peak_gflops'] / 1e3:.1f} |")
 
-  rows = _json(out / "input_jpeg.txt") or []
+  # The JPEG folder, then the prepared shards on tf.data and with DALI.
+  rows = [(name, r) for name in ("input_jpeg", "input_prepared", "input_dali")
+          for r in (_json(out / f"{name}.txt") or [])]
   if rows:
     lines += ["", "| input | batch | pipeline images/s | train step images/s "
               "(best dtype) | limit |", "|---|---|---|---|---|"]
-    for r in rows:
+    for name, r in rows:
       step = train_rate.get(r["batch_size"])
       limit = ("?" if not step else "input pipeline"
                if r["pipeline_images_per_sec"] < step else "train step")
-      lines.append(f"| {r['data']} | {r['batch_size']} | "
+      lines.append(f"| {name}: {r['data']} | {r['batch_size']} | "
                    f"{r['pipeline_images_per_sec']:.0f} | "
                    f"{f'{step:.0f}' if step else '-'} | {limit} |")
   paper = out / "paper_init.jsonl"

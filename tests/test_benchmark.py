@@ -194,7 +194,8 @@ def test_gpu_table_lists_every_step_and_names_the_limit(tmp_path):
   steps = [{"name": "smoke", "exit": 0, "seconds": 20},
            {"name": "bench_train_128_halfTrue", "exit": 0, "seconds": 40},
            {"name": "bench_eval_128_halfFalse", "exit": 1, "seconds": 3},
-           {"name": "input_jpeg", "exit": 0, "seconds": 30}]
+           {"name": "input_jpeg", "exit": 0, "seconds": 30},
+           {"name": "input_prepared", "exit": 0, "seconds": 20}]
   (tmp_path / "steps.jsonl").write_text(
       "\n".join(json.dumps(s) for s in steps))
   (tmp_path / "devices.txt").write_text("gpu 1 NVIDIA H200")
@@ -208,9 +209,15 @@ def test_gpu_table_lists_every_step_and_names_the_limit(tmp_path):
   (tmp_path / "input_jpeg.txt").write_text(json.dumps([{
       "data": "configured (folder)", "batch_size": 128,
       "pipeline_images_per_sec": 1500.0}]))
+  (tmp_path / "input_prepared.txt").write_text(json.dumps([{
+      "data": "configured (prepared)", "batch_size": 128,
+      "pipeline_images_per_sec": 5000.0}]))
   text = gpu_table.table(tmp_path)
   assert "| bench_eval_128_halfFalse | 1 | 3 | RuntimeError: out of memory |" \
       in text
   assert "| train | 128 | bfloat16 | 1 device | 4000 | 32.00 | 100.00 | 20% " \
       "| 500.0 |" in text
-  assert "| configured (folder) | 128 | 1500 | 4000 | input pipeline |" in text
+  assert ("| input_jpeg: configured (folder) | 128 | 1500 | 4000 | input "
+          "pipeline |") in text
+  assert ("| input_prepared: configured (prepared) | 128 | 5000 | 4000 | "
+          "train step |") in text
