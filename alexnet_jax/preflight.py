@@ -176,9 +176,12 @@ def check_data(config: ml_collections.ConfigDict, *, train: bool,
     info = input_pipeline.describe_split(config, split, size, process_count)
     if d.source != "synthetic" and info.num_classes != (
         config.model.num_classes):
-      where = {"folder": f"folder {os.path.join(d.path, split)}",
-               "prepared": f"prepared {d.path}"}.get(d.source,
-                                                      f"TFDS {d.name}")
+      if d.source == "folder":
+        where = f"folder {os.path.join(d.path, split)}"
+      elif d.source == "prepared":
+        where = f"prepared {d.path}"
+      else:  # TFDS: data.path may be unset.
+        where = f"TFDS {d.name}"
       raise input_pipeline.DataError(
           f"the data has {info.num_classes} classes ({where}), the model "
           f"{config.model.num_classes}: set --config.model.num_classes="
