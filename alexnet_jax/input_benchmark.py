@@ -219,6 +219,12 @@ def run(config, *, batch_size: int | None = None,
       ready.data.source, ready.data.path = "prepared", str(tmp / "prepared")
       cases += [("photos full-size, fused crop", photos, full, 227),
                 ("photos prepared 256x256 q90", photos, ready, 227)]
+      for name, cfg in (("full-size", full), ("prepared 256x256 q90",
+                                               ready)):
+        cfg = copy.deepcopy(cfg)  # uint8 out, float work on the device.
+        cfg.data.normalize_on_device = True
+        cases.append((f"photos {name}, normalize_on_device", photos, cfg,
+                      227))
     if not configured_only:
       _write_jpegs(tmp / "imagenet", num_images, 375, 500)
       cifar, cifar_from = _cifar_folder(tmp, 4 * num_images)
@@ -268,27 +274,29 @@ def run(config, *, batch_size: int | None = None,
 
 
 def format_table(rows: list[dict]) -> str:
-  head = (f"{'data':36s} {'size':>4s} {'KB':>6s} {'pipeline img/s':>15s} "
+  head = (f"{'data':48s} {'size':>4s} {'KB':>6s} {'pipeline img/s':>15s} "
           f"{'per core':>9s} {'bare decode img/s':>18s} {'ratio':>6s}")
   lines = [head, "-" * len(head)]
   for r in rows:
-    lines.append(f"{r['data']:36s} {r['image_size']:4d} "
+    lines.append(f"{r['data']:48s} {r['image_size']:4d} "
                  f"{r['kb_per_file']:6.1f} "
                  f"{r['pipeline_images_per_sec']:15.1f} "
                  f"{r['pipeline_images_per_sec_per_core']:9.1f} "
                  f"{r['bare_decode_images_per_sec']:18.1f} "
                  f"{r['ratio']:6.2f}")
-  by_name = {r["data"].split(",")[0].split(" 256")[0]: r for r in rows}
-  full, ready = by_name.get("photos full-size"), by_name.get(
-      "photos prepared")
-  if full and ready:
-    lines.append(
-        f"prepared / full-size photos: pipeline "
-        f"{ready['pipeline_images_per_sec'] / full['pipeline_images_per_sec']:.2f}x"
-        f" ({ready['pipeline_images_per_sec_per_core']:.1f} vs "
-        f"{full['pipeline_images_per_sec_per_core']:.1f} img/s per core), "
-        f"bare decode "
-        f"{ready['bare_decode_images_per_sec'] / full['bare_decode_images_per_sec']:.2f}x")
+  by_name = {r["data"]: r for r in rows}
+  for how in ("", ", normalize_on_device"):
+    full = by_name.get("photos full-size" + (how or ", fused crop"))
+    ready = by_name.get("photos prepared 256x256 q90" + how)
+    if full and ready:
+      rate, core, bare = ("pipeline_images_per_sec",
+                          "pipeline_images_per_sec_per_core",
+                          "bare_decode_images_per_sec")
+      lines.append(
+          f"prepared / full-size photos{how}: pipeline "
+          f"{ready[rate] / full[rate]:.2f}x ({ready[core]:.1f} vs "
+          f"{full[core]:.1f} img/s per core), bare decode "
+          f"{ready[bare] / full[bare]:.2f}x")
   if rows:
     lines.append(f"batch {rows[0]['batch_size']}, {rows[0]['cpu_cores']} "
                  "CPU cores, medians of alternating rounds;\nbare decode = "

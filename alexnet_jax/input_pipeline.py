@@ -68,7 +68,9 @@ def _shard_of(rows: slice | None, global_batch: int) -> tuple[slice, int, int]:
 
 def decode_batches(ds, records: Records, image_fn, b: int, shape,
                     drop_remainder: bool):
-  """Batches of b examples decoded by image_fn(data, element).
+  """Batches of b examples decoded by image_fn(data, element): an image, or
+  a dict of an "image" and per-example extras (data.normalize_on_device:
+  a uint8 image and its lighting "shift").
 
   An image that fails to decode (corrupt, unreadable) keeps its row with
   ok=False and zeros, so batches stay aligned with stream positions (exact
@@ -80,7 +82,9 @@ def decode_batches(ds, records: Records, image_fn, b: int, shape,
   def decode(element):
     data = element["data"]
     data = tf.io.read_file(data) if records.read_files else data
-    return {"row": element["row"], "image": image_fn(data, element)}
+    out = image_fn(data, element)
+    return {"row": element["row"],
+            **(out if isinstance(out, dict) else {"image": out})}
 
   def one_batch(batch):
     n = tf.shape(batch["label"])[0]
@@ -89,16 +93,18 @@ def decode_batches(ds, records: Records, image_fn, b: int, shape,
                     deterministic=True).ignore_errors().batch(b)
 
     def place(decoded):
-      ok = tf.scatter_nd(decoded["row"][:, None],
-                         tf.ones_like(decoded["row"], tf.bool), [n])
-      image = tf.cond(
-          tf.reduce_all(ok), lambda: decoded["image"],
-          lambda: tf.scatter_nd(decoded["row"][:, None], decoded["image"],
-                                tf.concat([[n], shape], 0)))
-      return {"image": image, "label": batch["label"], "ok": ok,
+      row = decoded.pop("row")[:, None]
+      ok = tf.scatter_nd(row, tf.ones_like(row[:, 0], tf.bool), [n])
+      out = {k: tf.cond(  # Rows of failed images stay zero.
+          tf.reduce_all(ok), lambda v=v: v,
+          lambda v=v: tf.scatter_nd(row, v, tf.concat(
+              [[n], tf.shape(v)[1:]], 0))) for k, v in decoded.items()}
+      return {**out, "label": batch["label"], "ok": ok,
               "name": batch["name"], "mask": tf.ones([n], tf.bool)}
 
-    none = {"image": tf.zeros(tf.concat([[n], shape], 0), tf.float32),
+    none = {**{k: tf.zeros(tf.concat([[n], shape if k == "image" else
+                                      spec.shape[1:]], 0), spec.dtype)
+               for k, spec in good.element_spec.items() if k != "row"},
             "label": batch["label"], "ok": tf.zeros([n], tf.bool),
             "name": batch["name"], "mask": tf.ones([n], tf.bool)}
     # `good` is empty when every image of the batch failed.
@@ -157,7 +163,7 @@ class Batches:
       batch["mask"] = batch["mask"] & ok
       if self._fill and ok.any():
         good = np.flatnonzero(ok)[0]
-        for k in ("image", "label"):
+        for k in [k for k in batch if k != "mask"]:  # image, label, shift.
           batch[k] = batch[k].copy()  # tf.data's arrays are read-only.
           batch[k][bad] = batch[k][good]
     return batch
@@ -248,16 +254,18 @@ def eval_iterator(config, *, image_size: int, rows: slice | None = None,
   steps = -(-most // b)
   info = Split(records.num_examples, records.num_classes, image_size,
                records.class_names)
-  return info, Batches(_padded(ds.as_numpy_iterator(), steps, b, shape),
+  dtype = np.uint8 if d.get("normalize_on_device") else np.float32
+  return info, Batches(_padded(ds.as_numpy_iterator(), steps, b, shape,
+                               dtype),
                        where=records.where, fill=False)
 
 
-def _padded(batches, steps: int, b: int, shape):
+def _padded(batches, steps: int, b: int, shape, dtype=np.float32):
   """Exactly `steps` batches of b rows; missing rows have mask=False."""
   for _ in range(steps):
     batch = next(batches, None)
     n = 0 if batch is None else len(batch["label"])
-    out = {"image": np.zeros((b,) + shape, np.float32),
+    out = {"image": np.zeros((b,) + shape, dtype),
            "label": np.zeros(b, np.int32), "mask": np.arange(b) < n,
            "ok": np.ones(b, bool), "name": np.array([b""] * b, object)}
     if batch is None:

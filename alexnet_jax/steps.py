@@ -32,7 +32,13 @@ def topk_correct(scores: jax.Array, labels: jax.Array, k: int) -> jax.Array:
   return ok.astype(jnp.float32)
 
 
-def make_steps(model_graph, opt_graph, eval_graph, wrt=nnx.Param):
+def _same(image, shift=None):
+  del shift
+  return image
+
+
+def make_steps(model_graph, opt_graph, eval_graph, wrt=nnx.Param,
+               finish=_same):
   """Pure jitted train and eval steps over split NNX state.
 
   train_step(model_state, opt_state, batch, learning_rate) donates both
@@ -43,7 +49,9 @@ def make_steps(model_graph, opt_graph, eval_graph, wrt=nnx.Param):
   gradients overflow, and adds `loss_scale` and `overflow` to the metrics.
   eval_step(model_state, batch) returns masked sums; a batch whose images
   are (B, crops, H, W, 3) is scored by the softmax averaged over the crops
-  (the paper's 10-crop test).
+  (the paper's 10-crop test). finish(image, shift) turns a batch's images
+  into the model's input (data.normalize_on_device: uint8 to float,
+  preprocess.device_finish).
   """
 
   def train_step(model_state, opt_state, batch, learning_rate):
@@ -57,7 +65,7 @@ def make_steps(model_graph, opt_graph, eval_graph, wrt=nnx.Param):
     before = precision.snapshot(model, optimizer)
 
     def loss_fn(model):
-      logits = model(batch["image"])
+      logits = model(finish(batch["image"], batch.get("shift")))
       loss = jnp.sum(cross_entropy(logits, batch["label"]) * mask) / count
       return precision.scaled_loss(optimizer, loss), (loss, logits)
 
@@ -73,7 +81,7 @@ def make_steps(model_graph, opt_graph, eval_graph, wrt=nnx.Param):
 
   def eval_step(model_state, batch):
     model = nnx.merge(eval_graph, model_state)
-    images, labels = batch["image"], batch["label"]
+    images, labels = finish(batch["image"]), batch["label"]
     mask = batch["mask"].astype(jnp.float32)
     # With LRN, its statistic (lrn_stats.py) from the same forward.
     stats = getattr(model, "norm", None) == "lrn"

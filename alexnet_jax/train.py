@@ -28,6 +28,7 @@ from alexnet_jax import input_pipeline
 from alexnet_jax import model as model_lib
 from alexnet_jax import optim
 from alexnet_jax import precision
+from alexnet_jax import preprocess
 from alexnet_jax import preflight
 from alexnet_jax import progress
 from alexnet_jax import resume_check
@@ -100,8 +101,9 @@ def setup(config: ml_collections.ConfigDict) -> Run:
     opt_state = sharding.place(opt_state,
                                sharding.state_shardings(opt_state, mesh))
   wrt = finetune.trainable(config)
-  train_step, eval_step = steps.make_steps(model_graph, opt_graph, eval_graph,
-                                           wrt=wrt)
+  train_step, eval_step = steps.make_steps(
+      model_graph, opt_graph, eval_graph, wrt=wrt,
+      finish=preprocess.device_finish(config.data))
   return Run(config, mesh, model_state, opt_state, train_step, eval_step,
              model.image_size, model_lib.count_params(model), eval_graph,
              model_lib.count_params(model, wrt))

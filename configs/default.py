@@ -123,6 +123,12 @@ def get_config(arg=None):
   # Who decodes training images: tf (tf.data on the CPU) | dali (NVIDIA
   # DALI on the GPU; source=prepared only, `pip install '.[dali]'`; dali.py).
   d.decoder = "tf"
+  # Ship uint8 crops and each image's lighting shift to the accelerator,
+  # which adds the shift, subtracts the mean and divides by the std
+  # (preprocess.device_finish): no float pass on the host and a quarter of
+  # the bytes to batch and copy (docs/imagenet_gpu.md). A resize is rounded
+  # to uint8. Not with crop_padding or mean_image.
+  d.normalize_on_device = False
   # Pad the square by this many mean-colour pixels before random crops
   # (CIFAR-style; the crop then follows a full decode).
   d.crop_padding = 0

@@ -138,6 +138,10 @@ if [[ -d "${DATA:-}" ]]; then
     --config.data.path="$DATA" --splits=train --out="$SCRATCH/prepared"
   step input_prepared "$PY" -m alexnet_jax.input_benchmark "${PREPARED[@]}" \
     --configured_only --batch_size="${BATCHES[0]}" --rounds=1 --json
+  # The same with uint8 crops, lighting and mean done on the GPU.
+  step input_prepared_uint8 "$PY" -m alexnet_jax.input_benchmark \
+    "${PREPARED[@]}" --config.data.normalize_on_device=True \
+    --configured_only --batch_size="${BATCHES[0]}" --rounds=1 --json
   if "$PY" -c 'import nvidia.dali.plugin.jax' 2>/dev/null; then
     step input_dali "$PY" -m alexnet_jax.input_benchmark "${PREPARED[@]}" \
       --config.data.decoder=dali --configured_only \
@@ -147,7 +151,7 @@ if [[ -d "${DATA:-}" ]]; then
       "'.[dali]')"
   fi
 else
-  echo "prepare, input_prepared, input_dali: skipped ($ARCHIVE not found)"
+  echo "prepare, input_prepared(_uint8), input_dali: skipped ($ARCHIVE not found)"
 fi
 
 if (( NDEV >= 2 )); then

@@ -134,8 +134,10 @@ def table(out) -> str:
         f"{row['gflops'] / 1e3:.2f} | {row['pct_peak']:.0f}% | "
         f"{r['matmul_peak_gflops'] / 1e3:.1f} |")
 
-  # The JPEG folder, then the prepared shards on tf.data and with DALI.
-  rows = [(name, r) for name in ("input_jpeg", "input_prepared", "input_dali")
+  # The JPEG folder, then the prepared shards on tf.data (float or uint8
+  # batches) and with DALI.
+  rows = [(name, r) for name in ("input_jpeg", "input_prepared",
+                                  "input_prepared_uint8", "input_dali")
           for r in (_json(out / f"{name}.txt") or [])]
   if rows:
     lines += ["", "| input | batch | pipeline images/s | train step images/s "

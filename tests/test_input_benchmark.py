@@ -15,11 +15,12 @@ def test_tiny_benchmark_prints_a_table(capsys, tmp_path):
   rows = input_benchmark.run(smoke.get_config(), batch_size=4, num_batches=1,
                              num_images=4, rounds=1, photos=str(tmp_path))
   out = capsys.readouterr().out
-  assert [r["data"].split()[0] for r in rows] == ["photos"] * 2 + [
+  assert [r["data"].split()[0] for r in rows] == ["photos"] * 4 + [
       "imagenet-like"] * 2 + ["cifar10"]
   assert "pipeline img/s" in out and "bare decode img/s" in out
   assert f"2 from {tmp_path} (a.jpg, b.jpg)" in out
   assert "prepared / full-size photos: pipeline" in out
+  assert "prepared / full-size photos, normalize_on_device: pipeline" in out
   assert "load average" in out
   for r in rows:
     assert r["pipeline_images_per_sec"] > 0 and r["ratio"] > 0
