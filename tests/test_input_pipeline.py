@@ -111,6 +111,30 @@ def take(iterator, n):
   return [next(iterator) for _ in range(n)]
 
 
+def imagenet_manual_dir(manual, jpeg):
+  """ILSVRC2012's two tars in `manual`, as TFDS's manual_dir reads them:
+  train holds 3 images of each of classes 0 and 1 (jpeg(60, 80) bytes),
+  val the validation images 1-3 (jpeg(80, 60))."""
+
+  def add(tar, name, data):
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    tar.addfile(info, io.BytesIO(data))
+
+  manual.mkdir(parents=True)
+  with tarfile.open(manual / "ILSVRC2012_img_train.tar", "w") as outer:
+    for synset in ("n01440764", "n01443537"):  # Classes 0 and 1.
+      inner = io.BytesIO()
+      with tarfile.open(fileobj=inner, mode="w") as tar:
+        for i in range(3):
+          add(tar, f"{synset}_{i}.JPEG", jpeg(60, 80))
+      add(outer, f"{synset}.tar", inner.getvalue())
+  with tarfile.open(manual / "ILSVRC2012_img_val.tar", "w") as tar:
+    for i in range(1, 4):
+      add(tar, f"ILSVRC2012_val_{i:08d}.JPEG", jpeg(80, 60))
+  return manual
+
+
 # ---------------------------------------------------------------- pixels
 
 
@@ -335,25 +359,10 @@ def test_tfds_source_with_mock_data():
 def test_imagenet2012_is_prepared_offline_from_manual_tars(tmp_path):
   """TFDS builds imagenet2012 from tiny ILSVRC-style tars in manual_dir."""
 
-  def add(tar, name, data):
-    info = tarfile.TarInfo(name)
-    info.size = len(data)
-    tar.addfile(info, io.BytesIO(data))
-
   rng = np.random.default_rng(4)
-  jpeg = lambda: tf.io.encode_jpeg(smooth_image(rng, 30, 40)).numpy()
-  manual = tmp_path / "manual"
-  manual.mkdir()
-  with tarfile.open(manual / "ILSVRC2012_img_train.tar", "w") as outer:
-    for synset in ("n01440764", "n01443537"):  # Classes 0 and 1.
-      inner = io.BytesIO()
-      with tarfile.open(fileobj=inner, mode="w") as tar:
-        for i in range(3):
-          add(tar, f"{synset}_{i}.JPEG", jpeg())
-      add(outer, f"{synset}.tar", inner.getvalue())
-  with tarfile.open(manual / "ILSVRC2012_img_val.tar", "w") as tar:
-    for i in range(1, 4):
-      add(tar, f"ILSVRC2012_val_{i:08d}.JPEG", jpeg())
+  manual = imagenet_manual_dir(
+      tmp_path / "manual",
+      lambda h, w: tf.io.encode_jpeg(smooth_image(rng, 30, 40)).numpy())
   config = default.get_config()  # The paper's data settings, 10 crops.
   config.batch_size = 4
   config.data.manual_dir, config.data.data_dir = str(manual), str(

@@ -2,12 +2,10 @@
 images listed); prepared.py reads them back as a source whose crops match
 the raw pipeline's; the DALI option fails with one clear line on a CPU."""
 
-import io
 import json
 import os
 import subprocess
 import sys
-import tarfile
 
 import numpy as np
 import pytest
@@ -18,6 +16,7 @@ from alexnet_jax import prepare
 from alexnet_jax import prepared
 from alexnet_jax import preprocess
 from configs import default
+from tests.test_input_pipeline import imagenet_manual_dir
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Photo-like sizes, portrait and landscape, one smaller than 256 (enlarged).
@@ -244,24 +243,9 @@ def test_tfds_imagenet2012_manual_dir_is_prepared(tmp_path):
   """From ILSVRC-style tars in manual_dir (TFDS builds imagenet2012 first),
   with a pool of 2 processes writing the shards."""
 
-  def add(tar, name, data):
-    info = tarfile.TarInfo(name)
-    info.size = len(data)
-    tar.addfile(info, io.BytesIO(data))
-
   rng = np.random.default_rng(3)
-  manual = tmp_path / "manual"
-  manual.mkdir()
-  with tarfile.open(manual / "ILSVRC2012_img_train.tar", "w") as outer:
-    for synset in ("n01440764", "n01443537"):  # Classes 0 and 1.
-      inner = io.BytesIO()
-      with tarfile.open(fileobj=inner, mode="w") as tar:
-        for i in range(3):
-          add(tar, f"{synset}_{i}.JPEG", jpeg(photo(rng, 60, 80)))
-      add(outer, f"{synset}.tar", inner.getvalue())
-  with tarfile.open(manual / "ILSVRC2012_img_val.tar", "w") as tar:
-    for i in range(1, 4):
-      add(tar, f"ILSVRC2012_val_{i:08d}.JPEG", jpeg(photo(rng, 80, 60)))
+  manual = imagenet_manual_dir(tmp_path / "manual",
+                               lambda h, w: jpeg(photo(rng, h, w)))
   config = default.get_config()
   config.data.manual_dir = str(manual)
   config.data.data_dir = str(tmp_path / "tfds")
