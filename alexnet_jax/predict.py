@@ -64,7 +64,9 @@ def load_images(config, paths: list[str], size: int) -> np.ndarray:
     except (tf.errors.InvalidArgumentError, ValueError):  # A damaged file.
       raise not_image from None
     out.append(image.numpy())
-  return np.stack(out)
+  # uint8 crops (data.normalize_on_device): the mean and std as training's.
+  return preprocess.finished_batch(config.data,
+                                   {"image": np.stack(out)})["image"]
 
 
 def _probabilities(run, images: np.ndarray) -> np.ndarray:

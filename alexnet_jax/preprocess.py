@@ -386,3 +386,12 @@ def device_finish(d):
     return (image.astype(jnp.float32) + bias) * scale
 
   return finish
+
+
+def finished_batch(d, batch: dict) -> dict:
+  """The batch with float32 images (device_finish, on the host) and no
+  "shift": for tools that read a batch's images outside the train step."""
+  out = {k: v for k, v in batch.items() if k != "shift"}
+  out["image"] = np.asarray(device_finish(d)(batch["image"],
+                                             batch.get("shift")))
+  return out

@@ -44,6 +44,7 @@ from flax import nnx
 
 from alexnet_jax import input_pipeline
 from alexnet_jax import layers
+from alexnet_jax import preprocess
 from alexnet_jax import sharding
 from alexnet_jax import train
 from alexnet_jax.sources import lazy_tf
@@ -182,6 +183,7 @@ def _rows(run, split: str):
   seen = 0
   with jax.set_mesh(run.mesh):
     for batch in batches:
+      batch = preprocess.finished_batch(config.data, batch)  # uint8: float.
       keep = np.asarray(batch["mask"], bool)
       feats = np.asarray(fc7(run.model_state, batch["image"]))[keep]
       labels = np.asarray(batch["label"])[keep]

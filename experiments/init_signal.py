@@ -28,6 +28,7 @@ from flax import nnx
 from alexnet_jax import checkpoint as checkpoint_lib
 from alexnet_jax import input_pipeline
 from alexnet_jax import ops
+from alexnet_jax import preprocess
 from alexnet_jax import steps
 from alexnet_jax import train
 
@@ -83,7 +84,7 @@ def report(config, batch_size: int, workdir: str | None = None) -> str:
     where = f"checkpoint step {step}"
   size = model.image_size
   _, batches = input_pipeline.train_iterator(config, image_size=size)
-  batch = next(batches)
+  batch = preprocess.finished_batch(config.data, next(batches))
   x, y = jnp.asarray(batch["image"]), jnp.asarray(batch["label"])
   model.eval()  # No dropout: the signal itself.
   _, acts = model(x, return_activations=True)

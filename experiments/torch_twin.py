@@ -49,6 +49,7 @@ import numpy as np
 from experiments import torch_peer
 from alexnet_jax import input_pipeline
 from alexnet_jax import optim
+from alexnet_jax import preprocess
 from alexnet_jax import train
 
 FLAGS = flags.FLAGS
@@ -118,7 +119,8 @@ def main(argv):
   seconds = {"jax": 0.0, "torch": 0.0}
   with jax.set_mesh(run.mesh):
     for step in range(1, FLAGS.steps + 1):
-      batch = next(batches)
+      # Float images for both (data.normalize_on_device yields uint8).
+      batch = preprocess.finished_batch(config.data, next(batches))
       rate = lr(step)
       t = time.perf_counter()
       run.model_state, run.opt_state, m = run.train_step(
@@ -154,6 +156,7 @@ def main(argv):
     for i, batch in enumerate(eval_batches):
       if FLAGS.eval_batches and i >= FLAGS.eval_batches:
         break
+      batch = preprocess.finished_batch(config.data, batch)
       r = run.eval_step(run.model_state, jax.device_put(batch))
       jc += float(r["top1"])
       c, cnt = twin.eval_counts(batch["image"], batch["label"], batch["mask"])

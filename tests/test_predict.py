@@ -92,6 +92,17 @@ def test_ten_crops_average_the_softmax_of_each_crop(trained):
       assert t["prob"] == pytest.approx(want[t["index"]], abs=1e-5)
 
 
+def test_uint8_crops_are_finished_as_in_training(trained):
+  root, config = trained
+  paths = [str(root / "query" / f"{n}.png") for n in COLOURS]
+  want = predict.load_images(config, paths, 32)
+  uint8 = config.copy_and_resolve_references()
+  uint8.data.normalize_on_device = True
+  got = predict.load_images(uint8, paths, 32)
+  assert got.dtype == np.float32
+  np.testing.assert_allclose(got, want, atol=1e-5)
+
+
 def test_a_damaged_image_is_named(trained, tmp_path):
   _, config = trained
   bad = tmp_path / "cut.png"
