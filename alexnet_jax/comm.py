@@ -27,6 +27,7 @@ from flax import nnx
 from alexnet_jax import finetune
 from alexnet_jax import layers
 from alexnet_jax import model as model_lib
+from alexnet_jax import preprocess
 from alexnet_jax import sharding
 from alexnet_jax import steps
 from alexnet_jax import train
@@ -167,14 +168,21 @@ def analyze(config: ml_collections.ConfigDict, *,
     opt_abs = _abstract(opt_state, sharding.state_shardings(opt_state, mesh))
     rows = sharding.batch_sharding(mesh)
     b = config.batch_size
+    uint8 = bool(config.data.get("normalize_on_device"))
     batch_abs = {
         "image": jax.ShapeDtypeStruct((b, image_size, image_size, 3),
-                                      jnp.float32, sharding=rows),
+                                      jnp.uint8 if uint8 else jnp.float32,
+                                      sharding=rows),
         "label": jax.ShapeDtypeStruct((b,), jnp.int32, sharding=rows),
         "mask": jax.ShapeDtypeStruct((b,), jnp.bool_, sharding=rows)}
+    if uint8:  # The batches the input pipeline yields, finished in the step.
+      batch_abs["shift"] = jax.ShapeDtypeStruct((b, 3), jnp.float32,
+                                                sharding=rows)
+    finish = preprocess.device_finish(config.data)
     train_step, _ = steps.make_steps(model_graph, opt_graph, eval_graph,
-                                     wrt=finetune.trainable(config))
-    forward = jax.jit(lambda s, x: nnx.merge(eval_graph, s)(x))
+                                     wrt=finetune.trainable(config),
+                                     finish=finish)
+    forward = jax.jit(lambda s, x: nnx.merge(eval_graph, s)(finish(x)))
     fwd = forward.lower(model_abs, batch_abs["image"]).compile(
         compiler_options)
     rate = jax.ShapeDtypeStruct((), jnp.float32)

@@ -15,7 +15,9 @@ reader shuffles through a buffer (data.shuffle_buffer) and draws crops and
 flips from its own generator, seeded from (seed, data shard, start step), so
 a run is reproducible from a given start, but a resumed run does not replay
 the batches an uninterrupted one would have seen (the tf.data path does).
-Evaluation keeps the tf.data path (10 crops, exact counts). Not supported
+Evaluation keeps the tf.data path (10 crops, exact counts; uint8 with
+data.normalize_on_device, finished in the step, while DALI's training
+batches are float32 whatever that option says). Not supported
 here: data.mean_image, data.crop_padding, a data.resize_size other than the
 prepared size.
 

@@ -1,5 +1,10 @@
 """Input pipelines: batches of NHWC float32 images, int32 labels and a mask.
 
+(With data.normalize_on_device the images are uint8 and training batches
+also carry each image's lighting "shift": the train and eval steps finish
+them, preprocess.device_finish; tools reading images outside the steps use
+preprocess.finished_batch.)
+
 Every iterator yields dicts {'image', 'label', 'mask'} holding this data
 shard's rows of the global batch (`rows`, a slice: the process's rows, from
 the mesh). Training iterators are infinite and start at a given step (a

@@ -77,7 +77,8 @@ def check_options(config, image_size: int):
     raise DataError(f"data.classes picks class folders of source=folder; "
                     f"with source={d.source} leave it empty")
   _check_pca(d)
-  if d.get("normalize_on_device") and (d.crop_padding or per_pixel(d)):
+  if d.get("normalize_on_device") and (
+      (d.crop_padding and d.random_crop) or per_pixel(d)):
     raise DataError("data.normalize_on_device ships uint8 crops and adds "
                     "a per-channel shift on the device: set "
                     "data.crop_padding=0 and leave data.mean_image unset")

@@ -113,8 +113,9 @@ def take(iterator, n):
 
 def imagenet_manual_dir(manual, jpeg):
   """ILSVRC2012's two tars in `manual`, as TFDS's manual_dir reads them:
-  train holds 3 images of each of classes 0 and 1 (jpeg(60, 80) bytes),
-  val the validation images 1-3 (jpeg(80, 60))."""
+  train holds 3 images of each of classes 0 and 1, val the validation
+  images 1-3: the bytes jpeg(h, w) returns for (h, w) = (60, 80) and
+  (80, 60), the sizes asked for (a caller may ignore them)."""
 
   def add(tar, name, data):
     info = tarfile.TarInfo(name)

@@ -393,6 +393,16 @@ def test_comm_report_on_the_full_test_mesh():
   text = comm.format_report(r)
   assert "one tower per device" in text and "all-gather" in text
   assert json.loads(json.dumps(r)) == r
+  # uint8 batches (data.normalize_on_device): the same exchanges, and the
+  # batch a quarter of the image bytes plus 3 float32 shifts per image.
+  config.data.normalize_on_device = True
+  r8 = comm.analyze(config, compiler_options=FAST)
+  assert sorted(exchanges(r8["forward"])) == sorted(PAPER_FORWARD)
+  b = config.batch_size // 4  # Rows per data shard.
+  pixels = b * r["image_size"] ** 2 * 3
+  for d, d8 in zip(devices, r8["memory"]["per_device"]):
+    assert d["batch_bytes"] == 4 * pixels + b * (4 + 1)  # + label, mask.
+    assert d8["batch_bytes"] == pixels + b * (4 + 1) + b * 3 * 4
 
 
 def test_collective_parser_reads_shapes_and_skips_one_device_groups():
