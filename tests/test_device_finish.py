@@ -71,6 +71,8 @@ def test_device_finish_leaves_float_images_alone_and_refuses_padding(
   x = jnp.ones((2, 4, 4, 3))
   assert preprocess.device_finish(config.data)(x) is x
   config.data.normalize_on_device, config.data.crop_padding = True, 4
+  preprocess.check_options(config, 8)  # Center crops are never padded.
+  config.data.random_crop = True
   with pytest.raises(ip.DataError, match="crop_padding=0"):
     preprocess.check_options(config, 8)
 
