@@ -14,7 +14,9 @@
 #   - the same images prepared once as 256x256 shards (alexnet_jax.prepare):
 #     the input pipeline on them with tf.data, and with NVIDIA DALI decoding
 #     on the GPU where DALI is installed (OUT/input_prepared.txt,
-#     OUT/input_dali.txt);
+#     OUT/input_dali.txt), and with uint8 batches finished on the GPU
+#     (data.normalize_on_device: OUT/input_prepared_uint8.txt, and a
+#     100-step training run through the real steps, train_uint8);
 #   - with 2+ GPUs: the two-tower split (mesh.model=2) against data
 #     parallelism (mesh.data=2), and --mode=comm on the model=2 mesh;
 #   - whether the paper's init leaves chance: configs/default.py:cifar10
@@ -45,6 +47,7 @@ if [[ -n "${GPU_CHECK_TINY:-}" ]]; then
   PAPER=(--config.model.width=0.0625 --config.log_every_steps=2)
   PAPER_BATCH=8
   PAPER_STEPS=${GPU_CHECK_PAPER_STEPS:-6}
+  UINT8_STEPS=2
 else
   MODEL=()
   BATCHES=(128 256)
@@ -52,6 +55,7 @@ else
   PAPER=()
   PAPER_BATCH=128
   PAPER_STEPS=${GPU_CHECK_PAPER_STEPS:-3000}
+  UINT8_STEPS=100
 fi
 
 { date -u; uname -a; nvidia-smi 2>&1 || echo "nvidia-smi: not found"; } \
@@ -123,8 +127,15 @@ if [[ -d "$SCRATCH/cifar10" ]]; then
     --config.eval_every_steps=1000 \
     --config.checkpoint_every_steps=100000 "${PAPER[@]}"
   cp "$SCRATCH/paper_init/metrics.jsonl" "$OUT/paper_init.jsonl" 2>/dev/null
+  # uint8 batches finished on the GPU (data.normalize_on_device) through the
+  # real train and eval steps: a short run that must end with exit 0.
+  step train_uint8 "$PY" -m alexnet_jax.main \
+    --config=configs/default.py:cifar10 --workdir="$SCRATCH/uint8" \
+    --config.data.path="$DATA" --config.data.normalize_on_device=True \
+    --config.batch_size="$PAPER_BATCH" --config.num_train_steps="$UINT8_STEPS" \
+    --config.eval_every_steps="$UINT8_STEPS" "${PAPER[@]}"
 else
-  echo "paper_init: skipped ($ARCHIVE not found)"
+  echo "paper_init, train_uint8: skipped ($ARCHIVE not found)"
 fi
 
 if [[ -d "${DATA:-}" ]]; then
