@@ -50,15 +50,26 @@ def _epochs(run: dict) -> float | None:
       "epochs_to_25pct_train_error")
 
 
+def _trained(run: dict) -> float | None:
+  """The epochs the run trained for (its last logged window's end)."""
+  curve = run.get("train_curve") or []
+  return max((point[0] for point in curve), default=None)
+
+
+def _unreached(text: str, trained: float | None) -> str:
+  """`text`, and within how many epochs where that is known."""
+  return text if trained is None else f"{text} within {trained:.1f} epochs"
+
+
 def rate_table(grid: list[dict]) -> dict:
-  """{activation: {"rows": [(rate, epochs or None, diverged, gave up)],
-  "best": rate or None}} from the grid's seed-0 runs."""
+  """{activation: {"rows": [(rate, epochs or None, diverged, gave up,
+  epochs trained)], "best": rate or None}} from the grid's seed-0 runs."""
   out = {}
   for run in grid:
     rate = float(_field(run, "optim.learning_rate"))
     out.setdefault(_activation(run), {"rows": []})["rows"].append(
         (rate, _epochs(run), bool(run.get("diverged")),
-         run.get("ended") == "gave_up"))
+         run.get("ended") == "gave_up", _trained(run)))
   for entry in out.values():
     entry["rows"].sort()
     reached = [(e, r) for r, e, *_ in entry["rows"] if e is not None]
@@ -90,10 +101,11 @@ def to_markdown(table: dict, result: dict | None, seeds: list[dict]) -> str:
            "## Learning-rate grid (seed 0): epochs to 25% training error", "",
            "| activation | rate | epochs to 25% |", "|---|---|---|"]
   for act, entry in sorted(table.items()):
-    for rate, epochs, diverged, gave_up in entry["rows"]:
+    for rate, epochs, diverged, gave_up, trained in entry["rows"]:
       text = ("diverged" if diverged else
-              "did not leave chance (stopped)" if gave_up else
-              "not reached" if epochs is None else f"{epochs:.2f}")
+              _unreached("did not leave chance, stopped", trained) if gave_up
+              else _unreached("not reached", trained) if epochs is None
+              else f"{epochs:.2f}")
       best = " (fastest)" if rate == entry["best"] else ""
       lines.append(f"| {act} | {rate:g}{best} | {text} |")
   lines.append("")
@@ -102,8 +114,9 @@ def to_markdown(table: dict, result: dict | None, seeds: list[dict]) -> str:
               "| activation | seed | epochs to 25% |", "|---|---|---|"]
     for run in sorted(seeds, key=lambda r: (_activation(r), r["seed"])):
       e = _epochs(run)
-      lines.append(f"| {_activation(run)} | {run['seed']} | "
-                   f"{'not reached' if e is None else f'{e:.2f}'} |")
+      text = (_unreached("not reached", _trained(run)) if e is None else
+              f"{e:.2f}")
+      lines.append(f"| {_activation(run)} | {run['seed']} | {text} |")
     lines.append("")
   if result:
     ci = (f"95% CI {result['ci'][0]:.2f} to {result['ci'][1]:.2f}"

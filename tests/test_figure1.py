@@ -27,11 +27,12 @@ def test_the_fastest_rate_per_activation_skips_diverged_and_unreached():
           run("tanh", 0, None, 0.016, gave_up=True)]
   table = fig1.rate_table(grid)
   assert table["relu"]["best"] == 0.004 and table["tanh"]["best"] == 0.004
-  assert table["relu"]["rows"][-1] == (0.016, None, True, False)
+  assert table["relu"]["rows"][-1] == (0.016, None, True, False, 1.0)
   md = fig1.to_markdown(table, None, [])
   assert "| relu | 0.004 (fastest) | 3.50 |" in md and "diverged" in md
-  assert "| tanh | 0.001 | not reached |" in md
-  assert "| tanh | 0.016 | did not leave chance (stopped) |" in md
+  assert "| tanh | 0.001 | not reached within 1.0 epochs |" in md
+  assert ("| tanh | 0.016 | did not leave chance, stopped within 1.0 "
+          "epochs |") in md
 
 
 def test_ratio_is_paired_by_seed_with_a_t_interval_of_log_ratios():
