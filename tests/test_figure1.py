@@ -27,12 +27,38 @@ def test_the_fastest_rate_per_activation_skips_diverged_and_unreached():
           run("tanh", 0, None, 0.016, gave_up=True)]
   table = fig1.rate_table(grid)
   assert table["relu"]["best"] == 0.004 and table["tanh"]["best"] == 0.004
-  assert table["relu"]["rows"][-1] == (0.016, None, True, False, 1.0)
+  assert table["relu"]["rows"][-1] == (0.016, None, True, False, 1.0,
+                                       "not reached within 1.0 epochs")
   md = fig1.to_markdown(table, None, [])
-  assert "| relu | 0.004 (fastest) | 3.50 |" in md and "diverged" in md
-  assert "| tanh | 0.001 | not reached within 1.0 epochs |" in md
+  never = "not reached within 1.0 epochs"
+  assert f"| relu | 0.004 (fastest) | 3.50 | {never} |" in md
+  assert "diverged" in md
+  assert f"| tanh | 0.001 | {never} | {never} |" in md
   assert ("| tanh | 0.016 | did not leave chance, stopped within 1.0 "
-          "epochs |") in md
+          "epochs | - |") in md
+
+
+def test_the_one_epoch_mean_is_weighted_by_steps_and_ignores_a_lucky_window():
+  r = run("tanh", 0, 0.7)
+  r["train_curve"] = [[0.25, 0.5, 10], [0.5, 0.3, 10], [0.75, 0.2, 10],
+                      [1.0, 0.2, 10], [1.25, 0.1, 30]]
+  # At 1.0 the last epoch's mean is 12/40 = 0.3; at 1.25 the windows in
+  # (0.25, 1.25] give (3 + 2 + 2 + 3) / 60 = 0.167.
+  assert fig1.epoch_mean_crossing(r) == 1.25
+  assert fig1.epoch_mean_crossing(r, threshold=0.3) == 1.0
+  assert fig1.epoch_mean_crossing({**r, "diverged": True}) is None
+  relu = run("relu", 0, 0.5)
+  relu["train_curve"] = [[0.5, 0.2, 10], [1.0, 0.2, 10]]
+  smoothed = fig1.ratio([r, relu], fig1.epoch_mean_crossing)
+  assert smoothed["per_seed"] == {0: 1.25}
+  md = fig1.to_markdown({}, fig1.ratio([r, relu]), [r, relu], smoothed)
+  assert "| tanh | 0 | 0.70 | 1.25 |" in md
+  assert "1-epoch mean of 25% training error: 1.25x" in md
+  # A run the runner stopped at its first window <= 24%: no reading.
+  relu["stop_train_error"] = 0.24
+  relu["train_curve"] = [[0.5, 0.3, 10], [0.9, 0.2, 10]]
+  md = fig1.to_markdown({}, None, [relu])
+  assert "| relu | 0 | 0.50 | - (stopped at the first window) |" in md
 
 
 def test_ratio_is_paired_by_seed_with_a_t_interval_of_log_ratios():
