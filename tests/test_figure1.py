@@ -68,6 +68,11 @@ def test_ratio_is_paired_by_seed_with_a_t_interval_of_log_ratios():
   r = fig1.ratio(seeds)
   assert r["per_seed"] == {0: 6.0, 1: 3.0}
   assert r["not_reached"] == [2]
+  # Seed 2's tanh trained 1 epoch (its curve's end) without reaching 25%:
+  # its ratio is above 1.0 / 3.0, and the report says so.
+  assert r["at_least"] == {2: pytest.approx(1.0 / 3.0)}
+  assert "seed 2: tanh did not reach 25% within the run, its ratio > 0.33" \
+      in fig1._ratio_line("epochs to 25%", r)
   assert r["geometric_mean"] == pytest.approx(math.sqrt(18.0))
   # Two log ratios, log 6 and log 3: t(1) interval by hand.
   logs = [math.log(6.0), math.log(3.0)]
