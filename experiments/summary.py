@@ -244,6 +244,9 @@ def record_view(run: dict) -> dict:
               else _pct(val - train_final)),
       "lrn": run.get("lrn_final") or {}, "to25": to25, "epochs": epochs,
       "wall": run["wall_seconds"], "ips": run["images_per_sec_median"],
+      # Steps / measured rate: without the pauses and restarts between
+      # working stretches that the wall time of a resumed run counts.
+      "train_s": run.get("train_seconds", run["wall_seconds"]),
       "commit": run.get("commit", "")}
 
 
