@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import sys
+import threading
 
 import jax
 import ml_collections
@@ -188,10 +189,13 @@ def quiet_abandoned_reads():
   ignored in <coroutine _read_array_index_and_device_put>'), an exception
   printed from the callback thread ('Event loop is closed' from
   call_soon_threadsafe) and asyncio's '... exception was never retrieved'
-  log records. Each is a traceback that says nothing the warning does not."""
+  log records; a Python thread's uncaught exception goes through
+  threading.excepthook, not sys.excepthook, so that hook is filtered too.
+  Each is a traceback that says nothing the warning does not."""
   if getattr(sys.unraisablehook, "quiets_orbax", False):
     return
   unraisable_hook, except_hook = sys.unraisablehook, sys.excepthook
+  thread_hook = threading.excepthook
 
   def on_unraisable(unraisable):
     if not _abandoned_read(f"{unraisable.object!r} {unraisable.exc_value!r}"):
@@ -201,8 +205,13 @@ def quiet_abandoned_reads():
     if not _abandoned_read(repr(value)):
       except_hook(kind, value, tb)
 
+  def on_thread_exception(args):
+    if not _abandoned_read(repr(args.exc_value)):
+      thread_hook(args)
+
   on_unraisable.quiets_orbax = True
   sys.unraisablehook, sys.excepthook = on_unraisable, on_exception
+  threading.excepthook = on_thread_exception
   logging.getLogger("asyncio").addFilter(
       lambda record: not _abandoned_read(
           f"{record.getMessage()} {record.exc_info and record.exc_info[1]!r}"))

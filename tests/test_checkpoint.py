@@ -319,3 +319,31 @@ def test_checkpoint_from_a_2x2_mesh_resumes_on_one_device(tmp_path):
                   jax.tree.leaves(on_1x1["model"])):
     np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-4,
                                atol=1e-6)
+
+
+def test_abandoned_orbax_reads_are_quiet_from_any_thread(monkeypatch):
+  """After a failed restore, an 'Event loop is closed' raised in a Python
+  thread (threading.excepthook) is dropped; other errors still reach the
+  hook that was there before."""
+  import logging  # pylint: disable=g-import-not-at-top
+  import threading  # pylint: disable=g-import-not-at-top
+  reached = []
+  # Python's own hooks: an earlier test in this process may have installed
+  # the quiet ones already (the function installs them once).
+  monkeypatch.setattr(sys, "unraisablehook", sys.__unraisablehook__)
+  monkeypatch.setattr(sys, "excepthook", sys.__excepthook__)
+  monkeypatch.setattr(threading, "excepthook",
+                      lambda args: reached.append(str(args.exc_value)))
+  monkeypatch.setattr(logging.getLogger("asyncio"), "filters", [])
+  checkpoint_lib.quiet_abandoned_reads()
+
+  def raise_in_thread(error):
+    def target():
+      raise error
+    t = threading.Thread(target=target)
+    t.start()
+    t.join()
+
+  raise_in_thread(RuntimeError("Event loop is closed"))
+  raise_in_thread(RuntimeError("a real bug"))
+  assert reached == ["a real bug"]
