@@ -206,7 +206,10 @@ def plot(runs: list[dict], path: str) -> None:
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
   fig, ax = plt.subplots(figsize=(6.4, 4.2))
-  grid = any(_field(r, "optim.learning_rate") is not None for r in runs)
+  # The grid's runs all name a rate; among the seeds a grid run may stand in
+  # for its seed (a copy at the chosen rate), and the seeds' plot stays one
+  # colour per activation.
+  grid = all(_field(r, "optim.learning_rate") is not None for r in runs)
   labelled = set()
   for i, run in enumerate(sorted(runs, key=lambda r: (
       _activation(r), r["seed"], float(_field(r, "optim.learning_rate") or 0)))):

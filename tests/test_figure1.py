@@ -81,3 +81,15 @@ def test_ratio_is_paired_by_seed_with_a_t_interval_of_log_ratios():
   half = 12.706204736 * se
   assert r["ci"][0] == pytest.approx(math.exp(m - half), rel=1e-6)
   assert r["ci"][1] == pytest.approx(math.exp(m + half), rel=1e-6)
+
+
+def test_the_seeds_plot_takes_a_grid_run_standing_in_for_its_seed(tmp_path):
+  """A grid run copied in as a seed (its cell names a rate) next to
+  fig1_seeds runs (their cells do not): the plot is drawn per activation."""
+  seeds = [run("relu", 0, 2.0), run("tanh", 0, 12.0, 0.016),
+           run("relu", 1, 4.0), run("tanh", 1, 12.0)]
+  fig1.plot(seeds, str(tmp_path / "seeds.png"))
+  fig1.plot([run("relu", 0, 2.0, 0.002), run("tanh", 0, 9.0, 0.016)],
+            str(tmp_path / "grid.png"))
+  assert (tmp_path / "seeds.png").stat().st_size > 1000
+  assert (tmp_path / "grid.png").stat().st_size > 1000
