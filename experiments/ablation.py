@@ -215,6 +215,18 @@ KEPT = ("cell", "seed", "sweep", "commit", "command", "stop_train_error",
         "diverged", "ended")
 
 
+def figure1_command(results: str, axes) -> str:
+  """The report's command for a sweep of runs ended at a training error:
+  the rate grid's folder, or, for the seeds (an option axis, written into
+  the grid's seeds/ folder), the grid beside them."""
+  if not any(name == OPTION for name, _ in parse_axes(axes)):
+    return (f"python -m experiments.figure1_report --grid={results} "
+            f"--out={results}")
+  grid = os.path.dirname(os.path.normpath(results))
+  return (f"python -m experiments.figure1_report --grid={grid} "
+          f"--seeds={results} --out={grid}")
+
+
 def _write_record(path: str, record: dict) -> None:
   os.makedirs(os.path.dirname(path), exist_ok=True)
   with open(path + ".tmp", "w") as f:
@@ -295,8 +307,7 @@ def main(argv):
          for k in ("stop_train_error", "give_up_epochs")):
     # Runs ended at a training error have no final evaluation to compare.
     print(f"per-run files in {os.path.join(results, 'runs')}; report: "
-          f"python -m experiments.figure1_report --grid={results} "
-          f"--out={results}", flush=True)
+          f"{figure1_command(results, config.sweep.axes)}", flush=True)
     return 0
   report = sweep_report.build(results)
   sweep_report.write(report, results)

@@ -130,3 +130,14 @@ def test_the_runner_ends_runs_at_a_target_or_when_they_give_up(tmp_path):
     assert record["ended"] == ended
     # Ended early: fewer than the 4 epochs' steps were trained.
     assert record["steps"] < 4 * 4
+
+
+def test_the_figure1_report_command_names_the_grid_and_the_seeds():
+  grid = ablation.figure1_command(
+      "res/fig1", ("model.activation=relu|tanh", "optim.learning_rate=0.1"))
+  assert grid == ("python -m experiments.figure1_report --grid=res/fig1 "
+                  "--out=res/fig1")
+  seeds = ablation.figure1_command("res/fig1/seeds/",
+                                   ("option=fig1_relu|fig1_tanh",))
+  assert seeds == ("python -m experiments.figure1_report --grid=res/fig1 "
+                   "--seeds=res/fig1/seeds/ --out=res/fig1")
