@@ -244,10 +244,20 @@ def record_view(run: dict) -> dict:
               else _pct(val - train_final)),
       "lrn": run.get("lrn_final") or {}, "to25": to25, "epochs": epochs,
       "wall": run["wall_seconds"], "ips": run["images_per_sec_median"],
-      # Steps / measured rate: without the pauses and restarts between
-      # working stretches that the wall time of a resumed run counts.
-      "train_s": run.get("train_seconds", run["wall_seconds"]),
+      "train_s": _training_seconds(run),
       "commit": run.get("commit", "")}
+
+
+def _training_seconds(run: dict) -> float:
+  """Steps x batch / the median logged rate: the time the steps took,
+  without the restarts and pauses (SIGSTOP included) between working
+  stretches that a resumed run's wall time, and a paused log window's
+  rate, count. The wall time where the record lacks any of these."""
+  batch = (run.get("config") or {}).get("batch_size")
+  ips = run.get("images_per_sec_median")
+  if not (batch and ips and run.get("steps")):
+    return run["wall_seconds"]
+  return run["steps"] * batch / ips
 
 
 def plot(summary: dict, path: str, title: str = "") -> None:

@@ -385,3 +385,13 @@ def test_an_option_axis_keeps_its_values_as_strings():
   assert ablation.cell_name({"option": "13pct,cpu"}) == "option-13pct,cpu"
   with pytest.raises(ValueError, match="option=a"):
     ablation.parse_axes(("nodot=1|2",))
+
+
+def test_training_time_is_the_steps_at_the_median_rate_not_the_wall_time():
+  """A run resumed after a pause: its wall time and a paused window's rate
+  count the pause; steps x batch / the median rate does not."""
+
+  run = {"steps": 100, "config": {"batch_size": 64},
+         "images_per_sec_median": 320.0, "wall_seconds": 9999.0}
+  assert summary._training_seconds(run) == 20.0
+  assert summary._training_seconds({"wall_seconds": 5.0, "steps": 3}) == 5.0
