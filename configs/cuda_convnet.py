@@ -66,9 +66,9 @@ LRN_CLAIM = "lrn_claim"
 # (seed 0; experiments/results/cifar10_figure1_paper/): None until measured.
 # relu: 0.002 reached 25% in 5.01 epochs (0.001: 7.04, 0.004: 5.08, 0.008:
 # 13.08, 0.016: did not leave chance within 5 epochs). tanh: 0.016 reached
-# it in 35.25 epochs (0.008: 37.05; 0.001 and 0.004: not within 40); 0.032
-# and 0.002 were unfinished when its seeds started (0.008 and 0.016 trace
-# the same curve within a point, so the choice is a near tie).
+# it in 35.25 epochs (0.008: 37.05; 0.001, 0.004 and 0.032: not within 40,
+# 0.032's best window 27.3%; 0.002 unfinished, between two rates that did
+# not reach it).
 FIG1_RATES = {"relu": 0.002, "tanh": 0.016}
 INPUT_SIZES = {"11pct": 24, "13pct": 24, "18pct": 32, "80sec": 32}
 # layer-params-<net>.cfg `wc` (cuda-convnet's weight decay, weights only).
