@@ -286,17 +286,24 @@ def _is_write_error_text(text: str) -> bool:
 def quiet_failed_writes():
   """A failed write is reported once, as one line, by the main thread; the
   threads that met it first stay quiet: orbax's error log records (with
-  their tracebacks) and a TensorBoard writer thread that dies of it."""
+  their tracebacks), asyncio's 'Task exception was never retrieved' records
+  for orbax's abandoned write tasks (logged whenever the task is collected)
+  and a TensorBoard writer thread that dies of it."""
   if getattr(threading.excepthook, "quiets_writes", False):
     return
+
+  def write_error(record) -> bool:
+    exc = record.exc_info[1] if record.exc_info else None
+    return _is_write_error_text(f"{record.getMessage()} {exc!r}")
 
   def orbax_records(record) -> bool:
     if "orbax" not in record.pathname or record.levelno < logging.ERROR:
       return True
-    exc = record.exc_info[1] if record.exc_info else None
-    return not _is_write_error_text(f"{record.getMessage()} {exc!r}")
+    return not write_error(record)
 
   logging.getLogger("absl").addFilter(orbax_records)
+  logging.getLogger("asyncio").addFilter(
+      lambda record: record.levelno < logging.ERROR or not write_error(record))
   checkpoint.quiet_abandoned_reads()  # Orbax's reads and callbacks after it.
   previous = threading.excepthook
 
