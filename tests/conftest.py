@@ -21,9 +21,14 @@ import shutil
 import sys
 import tempfile
 
-_FLAGS = ("--xla_force_host_platform_device_count=8 "
-          "--xla_cpu_experimental_ynn_fusion_type=")
-os.environ["XLA_FLAGS"] = (_FLAGS + " " + os.environ.get("XLA_FLAGS", "")).strip()
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+  sys.path.insert(0, str(ROOT))  # So that `import configs.x` works.
+
+from tests import xla_flags  # noqa: E402  (needs ROOT on sys.path)
+
+os.environ["XLA_FLAGS"] = (xla_flags.flags(8) + " " +
+                           os.environ.get("XLA_FLAGS", "")).strip()
 
 if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
   _CACHE = tempfile.mkdtemp(prefix="alexnet_jax_test_xla_cache_")
@@ -32,7 +37,3 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
   # Every program, however small or quick to compile.
   os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
   os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
-
-ROOT = pathlib.Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-  sys.path.insert(0, str(ROOT))  # So that `import configs.x` works.

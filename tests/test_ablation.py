@@ -121,7 +121,7 @@ def test_the_runner_ends_runs_at_a_target_or_when_they_give_up(tmp_path):
                       (("--config.sweep.stop_train_error=1.0",), "target")):
     results = tmp_path / ended
     proc = sweep(tmp_path / f"w_{ended}", f"--results={results}", *rule,
-                 "--config.sweep.axes=('model.pool=overlap|nonoverlap',)",
+                 "--config.sweep.axes=('model.pool=overlap',)",
                  "--config.sweep.seeds=(0,)", "--config.num_epochs=4")
     assert proc.returncode == 0, proc.stdout[-3000:]
     assert "stopping the run" in proc.stdout

@@ -19,6 +19,7 @@ from alexnet_jax import model as model_lib
 from alexnet_jax import ops
 from experiments import torch_peer
 from configs import default, smoke
+from tests import xla_flags
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HAS_TORCH = importlib.util.find_spec("torch") is not None
@@ -28,7 +29,7 @@ TINY = ["--config=configs/smoke.py", "--batch=4", "--windows=1", "--steps=2",
 
 def run_benchmark(*args):
   # One CPU device and the project's default flags, not the tests' 8 fakes.
-  env = dict(os.environ, XLA_FLAGS="--xla_cpu_experimental_ynn_fusion_type=",
+  env = dict(os.environ, XLA_FLAGS=xla_flags.flags(),
              JAX_PLATFORMS="cpu")
   return subprocess.run([sys.executable, "-m", "alexnet_jax.benchmark",
                          *args], cwd=ROOT, env=env, capture_output=True,
@@ -165,7 +166,7 @@ def test_torch_peer_lrn_matches_the_model_lrn(lrn):
 # this runs the experiment program over them.
 @pytest.mark.slow
 def test_fast_paths_experiment_runs_every_variant():
-  env = dict(os.environ, XLA_FLAGS="--xla_cpu_experimental_ynn_fusion_type=",
+  env = dict(os.environ, XLA_FLAGS=xla_flags.flags(),
              JAX_PLATFORMS="cpu")
   proc = subprocess.run(
       [sys.executable, "experiments/fast_paths.py", "--config=configs/smoke.py",

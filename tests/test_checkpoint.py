@@ -22,6 +22,7 @@ from alexnet_jax import checkpoint as checkpoint_lib
 from alexnet_jax import input_pipeline
 from alexnet_jax import train
 from configs import smoke
+from tests import xla_flags
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 # A wider smoke model: slow enough per step (~0.1 s) that a kill lands
@@ -37,9 +38,7 @@ def command(workdir, *extra):
 
 
 def environment(devices=1):
-  return dict(os.environ, XLA_FLAGS=(
-      f"--xla_force_host_platform_device_count={devices} "
-      "--xla_cpu_experimental_ynn_fusion_type="))
+  return dict(os.environ, XLA_FLAGS=xla_flags.flags(devices))
 
 
 def run(workdir, *extra, devices=1, timeout=None):

@@ -107,6 +107,9 @@ def test_imported_weights_predict_what_torch_computes(converted):
   assert max(want.max(axis=1)) > 0.5  # Probabilities that tell classes apart.
 
 
+# Slow: it reads the converted full-size model's checkpoint (the fixture
+# above, ~30-45 s); the class names it writes are tested just below.
+@pytest.mark.slow
 def test_the_checkpoint_carries_imagenet_names_and_the_config(converted):
   from alexnet_jax import checkpoint
   root, _ = converted
@@ -120,6 +123,9 @@ def test_the_checkpoint_carries_imagenet_names_and_the_config(converted):
   assert meta["imported_from"] == "torchvision"
   assert meta["model_config"]["preset"] == "torchvision"
   assert meta["class_names"] == [f"class {i}" for i in range(NUM_CLASSES)]
+
+
+def test_imagenet_class_names_in_torchvisions_order():
   names = convert.imagenet_names(1000)
   assert len(names) == 1000 and len(set(names)) == 1000
   assert names[0] == "tench (n01440764)"

@@ -125,7 +125,7 @@ def test_cifar10_recipe_learns_two_real_classes(two_classes, tmp_path):
                   "--config.batch_size=32", "--config.num_train_steps=150",
                   "--config.log_every_steps=25",
                   # The recipe with 200 of the 1,000 images held out.
-                  "--config.data.holdout=200")
+                  "--config.data.holdout=200", fast_compile=False)
   assert proc.returncode == 0, proc.stderr[-2000:]
   rows = metrics(tmp_path)
   train_rows = [r for r in rows if "train_loss" in r]

@@ -30,6 +30,7 @@ from alexnet_jax import sharding
 from alexnet_jax import steps
 from alexnet_jax import train
 from configs import default
+from tests import xla_flags
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 REL = 1e-5
@@ -512,9 +513,7 @@ def free_port():
 
 def worker_env(devices):
   env = dict(os.environ)
-  env["XLA_FLAGS"] = (f"--xla_force_host_platform_device_count={devices} "
-                      "--xla_cpu_experimental_ynn_fusion_type= "
-                      "--xla_backend_optimization_level=0")  # Compile fast.
+  env["XLA_FLAGS"] = xla_flags.flags(devices)
   env["PYTHONPATH"] = str(ROOT)
   return env
 

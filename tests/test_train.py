@@ -22,6 +22,7 @@ from configs import ablation_cifar10
 from configs import ablation_imagenet
 from configs import torchvision
 from configs import cifar10, default, finetune_cifar10, smoke
+from tests import xla_flags
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
@@ -199,11 +200,9 @@ def test_train_and_evaluate_on_8_devices_counts_every_eval_example(tmp_path):
   assert json.loads((tmp_path / "config.json").read_text())["seed"] == 0
 
 
-def run_main(*args, timeout=None):
+def run_main(*args, timeout=None, fast_compile=True):
   # One device, as the README's smoke command runs (quicker than 8 fakes).
-  env = dict(os.environ, XLA_FLAGS=(
-      "--xla_force_host_platform_device_count=1 "
-      "--xla_cpu_experimental_ynn_fusion_type="))
+  env = dict(os.environ, XLA_FLAGS=xla_flags.flags(1, fast_compile))
   return subprocess.run([sys.executable, "-m", "alexnet_jax.main", *args],
                         cwd=ROOT, env=env, capture_output=True, text=True,
                         timeout=timeout)
