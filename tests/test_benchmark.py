@@ -29,7 +29,7 @@ TINY = ["--config=configs/smoke.py", "--batch=4", "--windows=1", "--steps=2",
 
 def run_benchmark(*args):
   # One CPU device and the project's default flags, not the tests' 8 fakes.
-  env = dict(os.environ, XLA_FLAGS=xla_flags.flags(),
+  env = dict(os.environ, XLA_FLAGS=xla_flags.flags(fast_compile=False),
              JAX_PLATFORMS="cpu")
   return subprocess.run([sys.executable, "-m", "alexnet_jax.benchmark",
                          *args], cwd=ROOT, env=env, capture_output=True,
@@ -166,7 +166,7 @@ def test_torch_peer_lrn_matches_the_model_lrn(lrn):
 # this runs the experiment program over them.
 @pytest.mark.slow
 def test_fast_paths_experiment_runs_every_variant():
-  env = dict(os.environ, XLA_FLAGS=xla_flags.flags(),
+  env = dict(os.environ, XLA_FLAGS=xla_flags.flags(fast_compile=False),
              JAX_PLATFORMS="cpu")
   proc = subprocess.run(
       [sys.executable, "experiments/fast_paths.py", "--config=configs/smoke.py",
