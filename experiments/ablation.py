@@ -95,6 +95,20 @@ def result_path(results: str, cell: dict, seed: int) -> str:
   return os.path.join(results, "runs", f"{cell_name(cell)}__seed{seed}.json")
 
 
+def pending(todo: list, results: str):
+  """(i, cell, seed) of each listed run whose result file is still absent
+  when its turn comes: another runner sharing the results directory (given
+  other seeds) may have finished it since this sweep listed it; resuming it
+  would train nothing and rewrite its record with this sweep's fields."""
+  for i, (cell, seed) in enumerate(todo):
+    if os.path.exists(result_path(results, cell, seed)):
+      print(f"[{i + 1}/{len(todo)}] {cell_name(cell)} seed {seed}: finished "
+            f"by another runner since this sweep started; skipped",
+            flush=True)
+      continue
+    yield i, cell, seed
+
+
 def _commit() -> str:
   try:
     return subprocess.run(["git", "describe", "--always", "--dirty"],
@@ -275,7 +289,7 @@ def main(argv):
           f"{len(todo)} to run", flush=True)
     progress = Progress(len(todo), config.num_epochs if
                         config.num_train_steps <= 0 else 0)
-    for i, (cell, seed) in enumerate(todo):
+    for i, cell, seed in pending(todo, results):
       label = f"[{i + 1}/{len(todo)}] {cell_name(cell)} seed {seed}"
       finished, command, code, stop, run_dir, ended = run_one(
           config_arg, overrides, FLAGS.workdir, cell, seed, label, progress,

@@ -132,6 +132,23 @@ def test_the_runner_ends_runs_at_a_target_or_when_they_give_up(tmp_path):
     assert record["steps"] < 4 * 4
 
 
+def test_a_run_another_runner_finished_meanwhile_is_skipped(tmp_path,
+                                                            capsys):
+  todo = [({"model.pool": "overlap"}, 0), ({"model.pool": "nonoverlap"}, 0),
+          ({"model.pool": "overlap"}, 1)]
+  done = []
+  for i, cell, seed in ablation.pending(todo, str(tmp_path)):
+    done.append((cell["model.pool"], seed))
+    if i == 0:  # Meanwhile another runner writes the third run's record.
+      path = ablation.result_path(str(tmp_path), *todo[2])
+      os.makedirs(os.path.dirname(path))
+      with open(path, "w") as f:
+        f.write("{}")
+  assert done == [("overlap", 0), ("nonoverlap", 0)]
+  assert ("[3/3] pool-overlap seed 1: finished by another runner"
+          in capsys.readouterr().out)
+
+
 def test_the_figure1_report_command_names_the_grid_and_the_seeds():
   grid = ablation.figure1_command(
       "res/fig1", ("model.activation=relu|tanh", "optim.learning_rate=0.1"))
