@@ -1,5 +1,5 @@
-"""Test setup: 8 fake CPU devices, the project's XLA:CPU flags and a
-compilation cache shared by the tests' processes.
+"""Test setup: 8 fake CPU devices, the XLA flags of tests/xla_flags.py and
+a compilation cache shared by the tests' processes.
 
 XLA_FLAGS must be set before JAX starts its backend, so this runs before any
 test module imports jax.
