@@ -144,13 +144,8 @@ def _abstract(state, shardings):
       state, shardings)
 
 
-def analyze(config: ml_collections.ConfigDict, *,
-            compiler_options: dict | None = None) -> dict:
-  """Collectives of the compiled forward and train step, memory per device.
-
-  compiler_options go to XLA (tests lower the backend optimization level,
-  which changes neither the HLO's collectives nor its buffers).
-  """
+def analyze(config: ml_collections.ConfigDict) -> dict:
+  """Collectives of the compiled forward and train step, memory per device."""
   # Long (66 lines) because the report is one flat dict built from one
   # compile of each program; splitting it would pass the compiled objects
   # around for no reader's benefit.
@@ -183,11 +178,9 @@ def analyze(config: ml_collections.ConfigDict, *,
                                      wrt=finetune.trainable(config),
                                      finish=finish)
     forward = jax.jit(lambda s, x: nnx.merge(eval_graph, s)(finish(x)))
-    fwd = forward.lower(model_abs, batch_abs["image"]).compile(
-        compiler_options)
+    fwd = forward.lower(model_abs, batch_abs["image"]).compile()
     rate = jax.ShapeDtypeStruct((), jnp.float32)
-    step = train_step.lower(model_abs, opt_abs, batch_abs, rate).compile(
-        compiler_options)
+    step = train_step.lower(model_abs, opt_abs, batch_abs, rate).compile()
 
   mem = step.memory_analysis()
   params = _device_bytes(model_abs, only=nnx.Param)
