@@ -17,6 +17,8 @@ effects), with a 95% CI and Holm-adjusted p-values over all those
 contrasts; a two-way (or k-way) ANOVA with seeds as blocks tests the main
 effects and interactions. Only seeds complete in every cell enter them.
 The test split, evaluated once at the end of each run, is reported apart.
+The same contrasts on the train/validation gap and on the test error follow
+as families of their own (experiments/sweep_effects.py).
 
 Per-run files from before the validation split (keys test_top1_error per
 epoch, final_test_top1_error) evaluated on the test split: read as "eval
@@ -36,6 +38,7 @@ from absl import flags
 import numpy as np
 
 from experiments import stats
+from experiments import sweep_effects
 from experiments import summary
 
 FLAGS = flags.FLAGS
@@ -104,13 +107,6 @@ def _grid(axes):
           for combo in itertools.product(*[v for _, v in axes])]
 
 
-def _short(axes) -> dict:
-  """model.norm -> norm, unless two axes end in the same name."""
-  tails = [f.split(".")[-1] for f, _ in axes]
-  return {f: (t if tails.count(t) == 1 else f)
-          for (f, _), t in zip(axes, tails)}
-
-
 def build(results: str) -> dict:
   """The report as a dict (also what results.json holds)."""
   runs = load(results)
@@ -145,28 +141,19 @@ def build(results: str) -> dict:
                       if any(len(c["seeds"]) > 1 for c in cells) else None),
       "seeds_complete": complete, "seeds_left_out": partial,
       "comparisons": [], "family": None, "anova": None,
+      "secondary_effects": [],
       "runs_planned": len(grid) * len(plan["seeds"]), "runs_done": len(runs),
       "missing": [f"{_key(c)} seed {s}" for c in grid for s in plan["seeds"]
                   if (_key(c), s) not in done],
       "config": runs[0]["config"],
       "commits": sorted({v["commit"] for v in views})}
-  if complete:
-    val = {(_key(v["cell"]), v["seed"]): v["val"] for v in views}
-    shape = [len(complete)] + [len(vals) for _, vals in axes]
-    y = np.array([val[(_key(c), s)] for s in complete for c in grid]
-                 ).reshape(shape)
-    names = [f for f, _ in axes]
-    comps = stats.contrasts(y, [vals for _, vals in axes], names)
-    short = _short(axes)
-    for c in comps:
-      c["text"] = _words(c, short, _error_name(splits))
-    report["comparisons"] = comps
-    report["family"] = (
-        f"Holm over all {len(comps)} contrasts listed (every axis; main "
-        "effects" + (" and simple effects" if len(axes) > 1 else "") +
-        "), on the final validation top-1 error")
-    report["anova"] = stats.blocked_anova(
-        y, names, [complete] + [vals for _, vals in axes])
+  primary = sweep_effects.effects(views, grid, axes, complete, "val",
+                                  _error_name(splits))
+  if primary:
+    report.update(comparisons=primary["comparisons"],
+                  family=primary["family"], anova=primary["anova"])
+    report["secondary_effects"] = sweep_effects.secondary(
+        views, grid, axes, complete)
   return report
 
 
@@ -177,37 +164,6 @@ def _error_name(splits) -> str:
 
 def _num(x, fmt) -> str:
   return "-" if x is None else format(x, fmt)
-
-
-def _p(p, relation: str = "") -> str:
-  """0.017 (or "= 0.017" with relation "= "), "< 0.001" for small p."""
-  return "-" if p is None else ("< 0.001" if p < 0.001 else
-                                f"{relation}{p:.2g}")
-
-
-def _words(c: dict, short: dict, error: str) -> str:
-  """norm=none - norm=lrn, averaged over pool: +0.76 points validation
-  error (95% CI +0.2 to +1.3, paired over 5 seeds, ..., Holm p = 0.03)."""
-  f = short[c["field"]]
-  if c["context"] is None:
-    where = ("" if not c["averaged_over"] else ", averaged over " +
-             ", ".join(short[k] for k in c["averaged_over"]))
-  else:
-    where = " at " + ", ".join(f"{short[k]}={v}" for k, v in
-                               c["context"].items())
-  head = (f"{f}={c['value']} - {f}={c['reference']}{where}: "
-          f"{c['mean']:+.2f} points {error}")
-  if c["n"] < 2:
-    return f"{head} (one seed: no interval, no test)"
-  lo, hi = c["ci"]
-  test = (f"t({c['df']}) = {c['t']:.2f}, p {_p(c['p'], '= ')}, Holm p "
-          f"{_p(c['p_holm'], '= ')}" if c["p"] is not None else
-          "every seed gives the same difference, no test")
-  boot = ("" if "bootstrap_ci" not in c else
-          "; seed-bootstrap 95% CI {:+.2f} to {:+.2f}".format(
-              *c["bootstrap_ci"]))
-  return (f"{head} (95% CI {lo:+.2f} to {hi:+.2f}, paired over {c['n']} "
-          f"seeds, {test}{boot})")
 
 
 def _pm(ms) -> str:
@@ -292,8 +248,10 @@ def to_markdown(report: dict) -> str:
               "uses only its own per-seed differences (df = seeds - 1).", "",
               "| source | SS | df | MS | F | p |", "|---|---|---|---|---|---|"]
     lines += [f"| {t['source']} | {t['ss']:.3f} | {t['df']} | "
-              f"{_num(t['ms'], '.3f')} | {_num(t['F'], '.2f')} | {_p(t['p'])} |"
+              f"{_num(t['ms'], '.3f')} | {_num(t['F'], '.2f')} | "
+              f"{sweep_effects.p_text(t['p'])} |"
               for t in report["anova"]["terms"]]
+    lines += sweep_effects.to_markdown(report.get("secondary_effects", []))
   if report["seed_spread"] is not None:
     lines += ["", f"Seed-to-seed spread (mean within-cell sd): "
               f"{report['seed_spread']:.2f} points."]

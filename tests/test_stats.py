@@ -10,6 +10,7 @@ from scipy import stats as sps
 
 from experiments import stats
 from experiments import summary
+from experiments import sweep_effects
 from experiments import sweep_report
 
 # Ten steps per epoch, a train row every 4 steps and at each evaluation, so
@@ -360,6 +361,31 @@ def test_the_report_builds_from_new_style_runs(tmp_path):
   assert (f"norm=none - norm=lrn at pool=overlap: {simple['mean']:+.2f} "
           "points validation error (95% CI") in md
   assert "Holm over all 6 contrasts listed" in md
+  # The gap and test families follow, each with its own Holm family.
+  gap, test = report["secondary_effects"]
+  assert (gap["metric"], test["metric"]) == ("gap", "test")
+  assert test["comparisons"][0]["mean"] == pytest.approx(
+      _norm_effect(range(4)))
+  assert "on the final train/validation gap:" in md
+  assert "points test top-1 error (95% CI" in md
+
+
+def test_the_gap_family_pairs_the_gap_not_the_validation_error():
+  cells = [{"a": "x"}, {"a": "y"}]
+  gaps = {"x": [1.0, 2.0, 3.0], "y": [2.0, 4.0, 3.0]}  # diffs 1, 2, 0
+  views = [{"cell": c, "seed": s, "val": 30.0, "test": None,
+            "gap": gaps[c["a"]][s]} for c in cells for s in range(3)]
+  fams = sweep_effects.secondary(views, cells, [("a", ["x", "y"])],
+                                 [0, 1, 2])
+  assert [f["metric"] for f in fams] == ["gap"]  # No test numbers: no family.
+  (c,) = fams[0]["comparisons"]
+  half = sps.t.ppf(0.975, 2) * 1 / np.sqrt(3)  # sd 1 over 3 seeds
+  assert c["mean"] == pytest.approx(1.0) and c["df"] == 2
+  assert c["ci"] == pytest.approx([1 - half, 1 + half])
+  assert c["p_holm"] == pytest.approx(c["p"])  # A family of one.
+  assert c["text"].startswith("a=y - a=x: +1.00 points train/validation gap")
+  assert sweep_effects.effects(views, cells, [("a", ["x", "y"])], [0, 1, 2],
+                               "val", "v")["comparisons"][0]["mean"] == 0
 
 
 def test_a_diverged_run_is_listed_and_left_out_of_the_numbers(tmp_path):
