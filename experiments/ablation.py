@@ -163,6 +163,14 @@ class Progress:
     return f"{s // 3600}h{s % 3600 // 60:02d}m"
 
 
+def child_overrides(argv: list[str]) -> list[str]:
+  """The command line's config overrides that each run gets: not the
+  runner's own `--config.sweep.*` (seeds, axes), which an option's config
+  (`:11pct,cpu`) has no field for."""
+  return [a for a in argv if a.startswith("--config.")
+          and not a.startswith("--config.sweep.")]
+
+
 def run_one(config_arg: str, overrides: list[str], workdir: str, cell: dict,
             seed: int, label: str, progress: Progress, sweep=None):
   """Trains one cell x seed (resuming from its checkpoint).
@@ -281,7 +289,7 @@ def main(argv):
       print(f"resummarized {path}", flush=True)
   elif not FLAGS.report_only:
     config_arg = config_flags.get_config_filename(FLAGS["config"])
-    overrides = [a for a in sys.argv[1:] if a.startswith("--config.")]
+    overrides = child_overrides(sys.argv[1:])
     todo = [(c, s) for c, s in grid
             if not os.path.exists(result_path(results, c, s))]
     print(f"sweep: {len(grid)} runs ({len(cells(axes))} cells x "

@@ -158,3 +158,16 @@ def test_the_figure1_report_command_names_the_grid_and_the_seeds():
                                    ("option=fig1_relu|fig1_tanh",))
   assert seeds == ("python -m experiments.figure1_report --grid=res/fig1 "
                    "--seeds=res/fig1/seeds/ --out=res/fig1")
+
+
+def test_the_runner_keeps_its_own_sweep_overrides_from_the_runs():
+  """A run of an option axis (`:11pct,cpu`) loads a config without a sweep
+  block, so `--config.sweep.seeds=(0,)` given to the runner must not reach
+  it; every other override does."""
+  from configs import cuda_convnet  # pylint: disable=g-import-not-at-top
+  argv = ["--config=configs/cuda_convnet.py:lrn_claim,cpu",
+          "--config.sweep.seeds=(0,)", "--config.num_epochs=2",
+          "--workdir=w", "--config.sweep.axes=('option=11pct,cpu',)"]
+  assert ablation.child_overrides(argv) == ["--config.num_epochs=2"]
+  assert "sweep" not in cuda_convnet.get_config("11pct,cpu")
+  assert "sweep" in cuda_convnet.get_config("lrn_claim,cpu")
