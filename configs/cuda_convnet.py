@@ -20,7 +20,8 @@ Options (the net; alexnet_jax/cc_layers.py holds the layer tables):
           or flips, a constant rate; a sweep block (relu|tanh x learning
           rate) for experiments/ablation.py.
 Append ",cpu" (e.g. `:11pct,cpu`) for a schedule a CPU can afford: the
-same shape (long at epsW, then /10, then /100), far fewer epochs.
+same shape (long at epsW, then /10, then /100), far fewer epochs; and/or
+",once" to read the eval split once, after the last step.
 
 What carries over from the cfg files: batch 128 (convnet.py --mini), every
 layer's epsW 0.001 and epsB 0.002 (optim.learning_rate and
@@ -93,14 +94,18 @@ SCHEDULES = {
 
 def get_config(arg=None):
   """The net named by arg ('11pct', '13pct', '18pct', '80sec', 'fig1'),
-  optionally followed by ',cpu'."""
+  optionally followed by ',cpu' (the short schedule) and/or ',once' (the
+  eval split read once, after the last step: what a sweep's option cell
+  needs, since the sweep config's own settings do not reach it)."""
   net_arg, _, suffix = (arg or "").partition(",")
   if net_arg == LRN_CLAIM:
     return lrn_claim_config(suffix)
-  if net_arg not in NETS + FIG1 or suffix not in ("", "cpu"):
+  tokens = [t for t in suffix.split(",") if t]
+  if net_arg not in NETS + FIG1 or not set(tokens) <= {"cpu", "once"}:
     raise ValueError(f"unknown config option {arg!r} (known: "
                      f"{', '.join(NETS + FIG1 + (LRN_CLAIM,))}, each "
-                     f"optionally ',cpu')")
+                     f"optionally ',cpu' and/or ',once')")
+  once, suffix = "once" in tokens, "cpu" if "cpu" in tokens else ""
   fig1_seeds = net_arg == "fig1_seeds"
   activation = net_arg[5:] if net_arg in ("fig1_relu", "fig1_tanh") else None
   if activation and FIG1_RATES[activation] is None:
@@ -201,6 +206,8 @@ def get_config(arg=None):
     # Seeds at each activation's chosen rate (FIG1_RATES), paired by seed.
     config.sweep.axes = ("option=fig1_relu|fig1_tanh",)
     config.sweep.seeds = (0, 1, 2)
+  if once:
+    config.eval_every_steps = 10 ** 9  # Only after the last step.
   return config
 
 
@@ -213,6 +220,7 @@ def lrn_claim_config(suffix: str):
   config.eval_every_steps = 10 ** 9  # Only after the last step.
   config.sweep = s = ml_collections.ConfigDict()
   cpu = ",cpu" if suffix == "cpu" else ""
-  s.axes = (f"option=11pct{cpu}|13pct{cpu}",)
+  # Each cell loads its option afresh: ',once' carries "read once" to it.
+  s.axes = (f"option=11pct{cpu},once|13pct{cpu},once",)
   s.seeds = (0, 1, 2)
   return config

@@ -170,4 +170,15 @@ def test_the_runner_keeps_its_own_sweep_overrides_from_the_runs():
           "--workdir=w", "--config.sweep.axes=('option=11pct,cpu',)"]
   assert ablation.child_overrides(argv) == ["--config.num_epochs=2"]
   assert "sweep" not in cuda_convnet.get_config("11pct,cpu")
-  assert "sweep" in cuda_convnet.get_config("lrn_claim,cpu")
+  claim = cuda_convnet.get_config("lrn_claim,cpu")
+  assert "sweep" in claim
+  # Each cell's own config reads the test split once, at the end, as the
+  # claim's config says: its options carry ',once'.
+  cells = ablation.parse_axes(claim.sweep.axes)[0][1]
+  assert cells == ["11pct,cpu,once", "13pct,cpu,once"]
+  for option in cells:
+    c = cuda_convnet.get_config(option)
+    assert c.eval_every_steps >= 10 ** 9 and c.num_epochs == 40
+  assert cuda_convnet.get_config("11pct,cpu").eval_every_steps < 10 ** 9
+  with pytest.raises(ValueError, match="unknown config option"):
+    cuda_convnet.get_config("11pct,twice")
