@@ -24,7 +24,8 @@ from experiments import stats
 SECONDARY = (("gap", "train/validation gap"), ("test", "test top-1 error"))
 
 
-def _key(cell: dict) -> str:
+def cell_key(cell: dict) -> str:
+  """A cell as text: "model.norm=lrn, model.pool=overlap"."""
   return ", ".join(f"{k}={v}" for k, v in cell.items())
 
 
@@ -70,8 +71,8 @@ def effects(views: list[dict], grid: list[dict], axes, seeds: list,
             metric: str, error: str, anova: bool = True) -> dict | None:
   """The family of contrasts of `metric` (a record_view key, in points)
   over `seeds`; None where a run of those seeds lacks the number."""
-  value = {(_key(v["cell"]), v["seed"]): v[metric] for v in views}
-  y = [value.get((_key(c), s)) for s in seeds for c in grid]
+  value = {(cell_key(v["cell"]), v["seed"]): v[metric] for v in views}
+  y = [value.get((cell_key(c), s)) for s in seeds for c in grid]
   if not seeds or any(x is None for x in y):
     return None
   y = np.array(y, dtype=float).reshape(

@@ -53,8 +53,7 @@ def load(results: str) -> list[dict]:
   return runs
 
 
-def _key(cell: dict) -> str:
-  return ", ".join(f"{k}={v}" for k, v in cell.items())
+_key = sweep_effects.cell_key
 
 
 def _ms(values) -> list | None:
