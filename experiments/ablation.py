@@ -21,7 +21,8 @@ the per-run file says which (`ended`: target | gave_up). Each cell x seed runs a
       --config.seed=<k>
 
 (your overrides less `--config.sweep.*`, which are the runner's: e.g.
-`"--config.sweep.seeds=(3,)"` gives each core its own seeds) in a subprocess, with a progress line at each of its evaluations (cell,
+`"--config.sweep.seeds=(3,)"` gives each core its own seeds, and the
+report plans the union of the parts) in a subprocess, with a progress line at each of its evaluations (cell,
 seed, epoch, ETA of the whole sweep). Resumable at every level: a run whose
 result file exists is skipped; an interrupted one resumes from its
 checkpoint (the training program's own resume); SIGTERM/Ctrl-C is passed

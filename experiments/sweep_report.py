@@ -30,6 +30,7 @@ from __future__ import annotations
 import glob
 import itertools
 import json
+import math
 import os
 import statistics
 
@@ -100,6 +101,23 @@ def _cell(key: str, vs: list[dict]) -> dict:
       "images_per_sec": statistics.fmean(v["ips"] for v in vs)}
 
 
+def _plan(runs: list[dict]) -> dict:
+  """The sweep the runs belong to. A sweep split across runners (each given
+  some seeds or some of an axis's values by `--config.sweep.*`) records
+  each runner's part in its runs; the plan is their union, each axis's
+  values in the order of the widest part (the reference value first).
+  Parts that have no finished run yet are not known here."""
+  def size(part):
+    return math.prod(len(v) for _, v in part["axes"]) * len(part["seeds"])
+  axes = {}
+  for part in sorted((r["sweep"] for r in runs), key=size, reverse=True):
+    for field, values in part["axes"]:
+      known = axes.setdefault(field, [])
+      known += [v for v in values if v not in known]
+  seeds = sorted({s for r in runs for s in r["sweep"]["seeds"]})
+  return {"axes": [[f, v] for f, v in axes.items()], "seeds": seeds}
+
+
 def _grid(axes):
   fields = [f for f, _ in axes]
   return [dict(zip(fields, combo))
@@ -111,7 +129,7 @@ def build(results: str) -> dict:
   runs = load(results)
   if not runs:
     raise ValueError(f"no per-run results in {results}/runs")
-  plan = runs[0]["sweep"]
+  plan = _plan(runs)
   axes = [(f, v) for f, v in plan["axes"]]
   diverged = [{"cell": r["cell"], "seed": r["seed"]} for r in runs
               if r.get("diverged")]

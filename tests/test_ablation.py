@@ -182,3 +182,28 @@ def test_the_runner_keeps_its_own_sweep_overrides_from_the_runs():
   assert cuda_convnet.get_config("11pct,cpu").eval_every_steps < 10 ** 9
   with pytest.raises(ValueError, match="unknown config option"):
     cuda_convnet.get_config("11pct,twice")
+
+
+def test_a_sweep_split_across_runners_reports_as_one(tmp_path):
+  """Seed 0 ran as the whole sweep; seeds 1 and 2 ran as two runners, one
+  per norm value (`--config.sweep.axes`, `--config.sweep.seeds`): each run
+  records its runner's part, and the report plans their union."""
+  from tests.test_stats import AXES, _effect, _old_record, _write  # pylint: disable=g-import-not-at-top
+  pools = AXES[1]
+  for norm in ("lrn", "none"):
+    for pool in pools[1]:
+      cell = {"model.norm": norm, "model.pool": pool}
+      for seed in range(3):
+        record = _old_record(cell, seed, _effect(cell, seed))
+        if seed:
+          record["sweep"] = {"axes": [["model.norm", [norm]], pools],
+                             "seeds": [1, 2]}
+        else:
+          record["sweep"] = {"axes": AXES, "seeds": [0]}
+        _write(tmp_path, record)
+  report = sweep_report.build(str(tmp_path))
+  assert report["axes"] == AXES and report["seeds"] == [0, 1, 2]
+  assert report["runs_done"] == report["runs_planned"] == 12
+  assert report["missing"] == [] and report["seeds_complete"] == [0, 1, 2]
+  assert report["comparisons"][0]["text"].startswith(
+      "norm=none - norm=lrn, averaged over pool")
