@@ -35,21 +35,23 @@ def _layer(path) -> str | None:
   return getattr(path[0], "key", None) if path else None
 
 
-def is_bias(leaf) -> bool:
-  """A bias: a vector (ndim == 1) in the model's parameters.
+def is_bias(path) -> bool:
+  """A bias: a parameter named `bias`, or BatchNorm's `scale`.
 
-  These are the conv and fc biases and, with model.norm=batchnorm,
-  BatchNorm's per-channel bias and scale: the BatchNorm bias is the bias of
-  conv1/conv2 there (they have none), and the scale is left undecayed as a
-  bias is in the usual practice for BatchNorm.
+  By name, not shape: a locally connected layer's bias has one value per
+  output position and channel (ho, wo, cout), and cuda-convnet gives it
+  epsB and no decay as every other bias. With model.norm=batchnorm,
+  BatchNorm's bias is the bias of conv1/conv2 there (they have none), and
+  its scale is left undecayed as a bias is in the usual practice for
+  BatchNorm.
   """
-  return leaf.ndim == 1
+  names = [getattr(k, "key", None) for k in path]
+  return "bias" in names or "scale" in names
 
 
 def _map(fn, *trees):
-  """jax.tree.map(fn(layer, leaf, *other leaves)) over matching trees."""
-  return jax.tree_util.tree_map_with_path(
-      lambda path, *leaves: fn(_layer(path), *leaves), *trees)
+  """jax.tree.map(fn(path, leaf, *other leaves)) over matching trees."""
+  return jax.tree_util.tree_map_with_path(fn, *trees)
 
 
 class _Rates:
@@ -69,14 +71,14 @@ class _Rates:
     self.layer_wd = {k: float(v) for k, v in
                      dict(optim.get("layer_weight_decay") or {}).items()}
 
-  def rate(self, layer, leaf) -> float:
-    bias = self.bias_scale if is_bias(leaf) else 1.0
-    return self.scales.get(layer, 1.0) * bias
+  def rate(self, path) -> float:
+    bias = self.bias_scale if is_bias(path) else 1.0
+    return self.scales.get(_layer(path), 1.0) * bias
 
-  def decay(self, layer, leaf) -> float:
-    if is_bias(leaf) and not self.decay_biases:
+  def decay(self, path) -> float:
+    if is_bias(path) and not self.decay_biases:
       return 0.0
-    return self.layer_wd.get(layer, self.wd)
+    return self.layer_wd.get(_layer(path), self.wd)
 
 
 def _transform(update) -> optax.GradientTransformationExtraArgs:
@@ -89,7 +91,7 @@ def _scale_by_rate_arg(rates: _Rates) -> optax.GradientTransformationExtraArgs:
   the parameter's rate multiplier (layer scale, bias scale)."""
   def update(updates, state, params=None, *, learning_rate, **extra):
     del params, extra
-    return _map(lambda l, u: -learning_rate * rates.rate(l, u) * u,
+    return _map(lambda p, u: -learning_rate * rates.rate(p) * u,
                 updates), state
   return _transform(update)
 
@@ -99,8 +101,8 @@ def _coupled_decay(rates: _Rates) -> optax.GradientTransformationExtraArgs:
   def update(updates, state, params, **extra):
     del extra
 
-    def one(layer, u, w):
-      wd = rates.decay(layer, w)
+    def one(path, u, w):
+      wd = rates.decay(path)
       return u + wd * w if wd else u
     return _map(one, updates, params), state
   return _transform(update)
@@ -112,9 +114,9 @@ def _decoupled_decay(rates: _Rates) -> optax.GradientTransformationExtraArgs:
   def update(updates, state, params, *, learning_rate, **extra):
     del extra
 
-    def one(layer, u, w):
-      wd = rates.decay(layer, w)
-      return u - learning_rate * rates.rate(layer, w) * wd * w if wd else u
+    def one(path, u, w):
+      wd = rates.decay(path)
+      return u - learning_rate * rates.rate(path) * wd * w if wd else u
     return _map(one, updates, params), state
   return _transform(update)
 

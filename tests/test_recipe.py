@@ -161,6 +161,31 @@ def test_batchnorm_scale_and_bias_count_as_biases():
                              rtol=1e-6)
 
 
+
+def test_a_locally_connected_bias_is_a_bias():
+  """11pct's local3/local4 biases hold a value per position and channel
+  (ho, wo, cout): epsB (2x the rate) and no decay, as cuda-convnet gives
+  every bias; their kernels decay at the layer's wc."""
+  from alexnet_jax import cuda_convnet as cc_model  # pylint: disable=g-import-not-at-top
+  from configs import cuda_convnet  # pylint: disable=g-import-not-at-top
+  c = cuda_convnet.get_config("11pct")
+  model = cc_model.from_config(c.model, rngs=nnx.Rngs(0))
+  params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+  params = jax.tree.map(lambda x: x + 1.0, params)  # Nonzero biases.
+  assert params["local3"]["bias"].ndim == 3
+  tx = optim.create_optimizer(c.optim)
+  ones = jax.tree.map(jnp.ones_like, params)
+  updates, _ = tx.update(ones, tx.init(params), params, learning_rate=0.1)
+  for layer in ("conv1", "local3", "local4", "fc10"):
+    np.testing.assert_allclose(updates[layer]["bias"], -0.1 * 2.0,
+                               rtol=1e-6, err_msg=layer)
+    wc = c.optim.layer_weight_decay[layer]
+    np.testing.assert_allclose(
+        updates[layer]["kernel"],
+        -0.1 * (1.0 + wc * params[layer]["kernel"]), rtol=1e-5,
+        err_msg=layer)
+  assert c.optim.layer_weight_decay["local3"] > 0
+
 @pytest.mark.parametrize("field,value,text", [
     ("bias_lr_scale", -1.0, "optim.bias_lr_scale must be >= 0"),
     ("layer_weight_decay", {"fc8": -0.1}, "optim.layer_weight_decay must"),
