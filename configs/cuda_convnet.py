@@ -20,8 +20,11 @@ Options (the net; alexnet_jax/cc_layers.py holds the layer tables):
           or flips, a constant rate; a sweep block (relu|tanh x learning
           rate) for experiments/ablation.py.
 Append ",cpu" (e.g. `:11pct,cpu`) for a schedule a CPU can afford: the
-same shape (long at epsW, then /10, then /100), far fewer epochs; and/or
-",once" to read the eval split once, after the last step.
+same shape (long at epsW, then /10, then /100), far fewer epochs;
+",once" to read the eval split once, after the last step; and/or ",nonorm"
+to drop the net's rnorm layers and nothing else (model.norm=none: 11pct
+without its cmrnorm, unlike 13pct, keeps local3's 64 filters and fc10's
+wc, the control of lrn_claim).
 
 What carries over from the cfg files: batch 128 (convnet.py --mini), every
 layer's epsW 0.001 and epsB 0.002 (optim.learning_rate and
@@ -63,6 +66,7 @@ FIG1 = ("fig1", "fig1_relu", "fig1_tanh", "fig1_seeds")
 # Section 3.3's claim (13% test error without normalisation, 11% with): the
 # two nets, same everything else, as one sweep (option axis) of 3 seeds.
 LRN_CLAIM = "lrn_claim"
+SUFFIXES = ("cpu", "once", "nonorm")
 # Each activation's fastest rate to 25% training error in the fig1 grid
 # (seed 0; experiments/results/cifar10_figure1_paper/): None until measured.
 # relu: 0.002 reached 25% in 5.01 epochs (0.001: 7.04, 0.004: 5.08, 0.008:
@@ -101,10 +105,10 @@ def get_config(arg=None):
   if net_arg == LRN_CLAIM:
     return lrn_claim_config(suffix)
   tokens = [t for t in suffix.split(",") if t]
-  if net_arg not in NETS + FIG1 or not set(tokens) <= {"cpu", "once"}:
+  if net_arg not in NETS + FIG1 or not set(tokens) <= set(SUFFIXES):
     raise ValueError(f"unknown config option {arg!r} (known: "
                      f"{', '.join(NETS + FIG1 + (LRN_CLAIM,))}, each "
-                     f"optionally ',cpu' and/or ',once')")
+                     f"optionally ',cpu', ',once' and/or ',nonorm')")
   once, suffix = "once" in tokens, "cpu" if "cpu" in tokens else ""
   fig1_seeds = net_arg == "fig1_seeds"
   activation = net_arg[5:] if net_arg in ("fig1_relu", "fig1_tanh") else None
@@ -208,19 +212,25 @@ def get_config(arg=None):
     config.sweep.seeds = (0, 1, 2)
   if once:
     config.eval_every_steps = 10 ** 9  # Only after the last step.
+  if "nonorm" in tokens:
+    m.norm = "none"
   return config
 
 
 def lrn_claim_config(suffix: str):
   """11pct vs 13pct (reference first: the net with normalisation), each at
-  its own cfg settings, 3 seeds; trained on all 50,000 training images as
+  its own cfg settings, and 11pct without its rnorm layers, 3 seeds; trained on all 50,000 training images as
   the authors finally did, the test split read once, at the end (no
   decision is made during these runs: the schedule is fixed)."""
   config = get_config("11pct" + ("," + suffix if suffix else ""))
   config.eval_every_steps = 10 ** 9  # Only after the last step.
   config.sweep = s = ml_collections.ConfigDict()
-  cpu = ",cpu" if suffix == "cpu" else ""
+  cpu = ",cpu" if "cpu" in suffix.split(",") else ""
   # Each cell loads its option afresh: ',once' carries "read once" to it.
-  s.axes = (f"option=11pct{cpu},once|13pct{cpu},once",)
+  # 13pct differs from 11pct in more than its rnorm layers (local3 32
+  # filters, fc10's wc): 11pct without rnorm (',nonorm') separates the
+  # normalisation from those.
+  s.axes = (f"option=11pct{cpu},once|13pct{cpu},once|"
+            f"11pct{cpu},once,nonorm",)
   s.seeds = (0, 1, 2)
   return config

@@ -175,10 +175,21 @@ def test_the_runner_keeps_its_own_sweep_overrides_from_the_runs():
   # Each cell's own config reads the test split once, at the end, as the
   # claim's config says: its options carry ',once'.
   cells = ablation.parse_axes(claim.sweep.axes)[0][1]
-  assert cells == ["11pct,cpu,once", "13pct,cpu,once"]
+  assert cells == ["11pct,cpu,once", "13pct,cpu,once",
+                   "11pct,cpu,once,nonorm"]
+  nets = []
   for option in cells:
     c = cuda_convnet.get_config(option)
     assert c.eval_every_steps >= 10 ** 9 and c.num_epochs == 40
+    nets.append((c.model.net, c.model.norm))
+  # The control: 11pct, its rnorm layers dropped, everything else kept.
+  assert nets == [("11pct", "rnorm"), ("13pct", "rnorm"), ("11pct", "none")]
+  assert (cuda_convnet.get_config(cells[2]).optim.to_dict() ==
+          cuda_convnet.get_config(cells[0]).optim.to_dict())
+  # However the claim's own suffixes are spelled, its cells get the CPU
+  # schedule.
+  assert ablation.parse_axes(cuda_convnet.get_config(
+      "lrn_claim,cpu,once").sweep.axes)[0][1] == cells
   assert cuda_convnet.get_config("11pct,cpu").eval_every_steps < 10 ** 9
   with pytest.raises(ValueError, match="unknown config option"):
     cuda_convnet.get_config("11pct,twice")
