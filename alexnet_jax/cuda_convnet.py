@@ -107,6 +107,15 @@ class CudaConvnet(nnx.Module):
       return a * jnp.tanh(b * y)
     return jax.nn.relu(y)
 
+  def lrn_layers(self) -> list[tuple]:
+    """The cmrnorm rows for their statistic (lrn_stats.py): (name, its
+    input's key in the activations: the row before it, size, 1 group,
+    k = 1, scale / size, power), as cc_ops.cross_map_norm computes them."""
+    return [(s.row.name, prev.row.name, s.row.size, 1, 1.0,
+             s.row.scale / s.row.size, s.row.power)
+            for prev, s in zip(self.shaped, self.shaped[1:])
+            if s.row.kind == "cmrnorm"]
+
   def __call__(self, x: jax.Array, *, return_activations: bool = False):
     """Logits (float32) for NHWC images; optionally every row's output,
     by row name."""

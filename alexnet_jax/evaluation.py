@@ -9,7 +9,6 @@ import jax
 import jax.numpy as jnp
 
 from alexnet_jax import input_pipeline
-from alexnet_jax import layers
 from alexnet_jax import lrn_stats
 from alexnet_jax import sharding
 
@@ -49,8 +48,7 @@ def evaluate(run, stop=None, split: str | None = None, prefix: str = "eval"
   if batches.num_skipped:
     metrics[f"{prefix}_skipped_images"] = batches.num_skipped
   if prefix == "eval" and any(k.startswith("lrn/") for k in totals):
-    # The LRN statistic goes with the eval split's rows (AlexNet's LRN).
-    block = run.config.model.get("lrn")
-    lrn = layers.resolve_lrn(block.to_dict() if block else None)
-    metrics.update(lrn_stats.finish(totals, lrn.constant))
+    # The LRN statistic goes with the eval split's rows.
+    metrics.update(lrn_stats.finish(totals,
+                                    lrn_stats.constant(run.config.model)))
   return metrics

@@ -23,9 +23,33 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from alexnet_jax import layers
 from alexnet_jax import ops
 
 SUFFIX = "_lrn_input"
+
+
+def layers_of(model) -> list[tuple]:
+  """(name, input key in `acts`, n, groups, k, alpha, beta) of each
+  cross-channel LRN of the model: a net's own list (`model.lrn_layers()`,
+  cuda-convnet's cmrnorm rows) or AlexNet's (model.lrn's constants, inside
+  each tower, on the inputs it stores under <layer>_lrn_input)."""
+  if hasattr(model, "lrn_layers"):
+    return model.lrn_layers()
+  if getattr(model, "norm", None) != "lrn":
+    return []
+  lrn = model.lrn
+  return [(name, name + SUFFIX, lrn.n, model.towers, lrn.k, lrn.alpha,
+           lrn.beta) for name in layers.BATCHNORMS]
+
+
+def constant(model_config) -> float:
+  """c = k^-beta, LRN as a constant scale: model.lrn's (AlexNet); 1 for
+  cuda-convnet's nets (k = 1)."""
+  if model_config.get("family", "alexnet") != "alexnet":
+    return 1.0
+  block = model_config.get("lrn")
+  return layers.resolve_lrn(block.to_dict() if block else None).constant
 
 
 def sums(model, acts: dict, mask: jax.Array) -> dict:
@@ -33,16 +57,12 @@ def sums(model, acts: dict, mask: jax.Array) -> dict:
   for each LRN input in `acts` ({} for a model without LRN). d is small
   where LRN is near-constant, so its float32 sums keep the spread."""
   out = {}
-  lrn = getattr(model, "lrn", None)
-  if lrn is None:
-    return out
-  for key, a in acts.items():
-    if not key.endswith(SUFFIX):
+  for name, key, n, groups, k, alpha, beta in layers_of(model):
+    if key not in acts:
       continue
-    name = key[:-len(SUFFIX)]
-    a = a.astype(jnp.float32)
-    s = ops.channel_window_sum(a * a, lrn.n, model.towers)
-    logrel = -lrn.beta * jnp.log1p(lrn.alpha * s / lrn.k)  # log(f / c).
+    a = acts[key].astype(jnp.float32)
+    s = ops.channel_window_sum(a * a, n, groups)
+    logrel = -beta * jnp.log1p(alpha * s / k)  # log(f / c).
     d = jnp.expm1(logrel)
     m = mask.astype(jnp.float32).reshape((-1,) + (1,) * (a.ndim - 1))
     per_row = a[0].size

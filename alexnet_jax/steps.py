@@ -84,7 +84,7 @@ def make_steps(model_graph, opt_graph, eval_graph, wrt=nnx.Param,
     images, labels = finish(batch["image"]), batch["label"]
     mask = batch["mask"].astype(jnp.float32)
     # With LRN, its statistic (lrn_stats.py) from the same forward.
-    stats = getattr(model, "norm", None) == "lrn"
+    stats = bool(lrn_stats.layers_of(model))
     if images.ndim == 5:  # (B, crops, H, W, C): average the softmax.
       b, crops = images.shape[:2]
       out = model(images.reshape(b * crops, *images.shape[2:]),

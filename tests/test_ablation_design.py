@@ -230,7 +230,7 @@ def test_lrn_statistic_matches_numpy_and_ignores_masked_rows():
   c = layers.resolve_lrn({"pixel_scale": 60.0})
 
   class Net:
-    lrn, towers = c, 2
+    lrn, towers, norm = c, 2, "lrn"
 
   rng = np.random.default_rng(5)
   a = np.maximum(rng.standard_normal((3, 4, 4, 8)), 0)

@@ -14,6 +14,7 @@ from flax import nnx
 from alexnet_jax import cc_layers
 from alexnet_jax import cc_ops
 from alexnet_jax import cuda_convnet
+from alexnet_jax import lrn_stats
 from alexnet_jax import model as model_lib
 from alexnet_jax import preflight
 from alexnet_jax import train
@@ -252,6 +253,39 @@ def test_configs_name_the_tables_layers_and_pass_preflight():
   config.finetune.freeze = ("fc8",)
   with pytest.raises(preflight.ConfigError, match="local3"):
     preflight.check_config(config)
+
+
+def test_the_cmrnorm_statistic_is_the_factor_the_net_applies():
+  """lrn_stats on 11pct's cmrnorm rows: the factor f = (1 + 0.001 / 9 *
+  S)^-0.75 over each input's window of 9 channels, in float64, is what
+  the forward multiplies each row's input by; its mean, spread and log
+  deviation leave out masked rows; 13pct and ',nonorm' have no such rows."""
+  model = cuda_convnet.CudaConvnet(net="11pct", rngs=nnx.Rngs(0))
+  # Weights scaled up so that f is far from 1.
+  model.conv1.kernel.value = model.conv1.kernel.value * 300.0
+  model.conv2.kernel.value = model.conv2.kernel.value * 30.0
+  x = jnp.asarray(rand(3, 24, 24, 3, scale=60.0))
+  _, acts = model(x, return_activations=True)
+  mask = jnp.asarray([1.0, 1.0, 0.0])
+  got = lrn_stats.finish({k: float(v) for k, v in lrn_stats.sums(
+      model, acts, mask).items()}, 1.0)
+  for name, before in (("rnorm1", "pool1"), ("rnorm2", "conv2")):
+    a = np.float64(acts[before])
+    c = a.shape[-1]
+    s = np.stack([np.sum(np.square(a[..., max(0, i - 4):i + 5]), -1)
+                  for i in range(c)], -1)
+    f = (1.0 + 0.001 / 9 * s) ** -0.75
+    np.testing.assert_allclose(acts[name], a * f, rtol=2e-4, atol=1e-6)
+    f = f[:2]  # The unmasked rows.
+    assert got[f"lrn/{name}/mean"] == pytest.approx(f.mean(), rel=1e-5)
+    assert got[f"lrn/{name}/spread"] == pytest.approx(f.std() / f.mean(),
+                                                      rel=1e-3)
+    assert got[f"lrn/{name}/logdev"] == pytest.approx(
+        np.abs(np.log(f)).mean(), rel=1e-4)
+    assert got[f"lrn/{name}/spread"] > 0.05
+  for net, norm in (("13pct", "rnorm"), ("11pct", "none")):
+    assert not lrn_stats.layers_of(cuda_convnet.CudaConvnet(
+        net=net, norm=norm, rngs=nnx.Rngs(0)))
 
 
 def test_two_tower_mesh_is_refused_in_one_line():
