@@ -3,6 +3,7 @@
 Parses flags and dispatches; all logic lives in importable modules.
 """
 
+import json
 import sys
 
 from absl import app
@@ -27,8 +28,8 @@ flags.DEFINE_enum("mode", "train", ["train", "eval", "predict", "comm"],
                   "per device of the compiled steps).")
 flags.DEFINE_list("images", None, "--mode=predict: image files, "
                   "comma-separated.")
-flags.DEFINE_bool("json", False, "--mode=comm or predict: print JSON, not "
-                  "tables.")
+flags.DEFINE_bool("json", False, "--mode=comm, eval or predict: print JSON, "
+                  "not tables.")
 flags.DEFINE_bool("best", False, "--mode=eval or predict: the best "
                   "checkpoint by eval error instead of the latest.")
 flags.DEFINE_bool("allow_config_change", False, "--mode=train: resume even "
@@ -68,7 +69,10 @@ def main(argv):
       if jax.process_index() == 0:
         print(text)
     elif FLAGS.mode == "eval":
-      train.evaluate_checkpoint(config, FLAGS.workdir, best=FLAGS.best)
+      metrics = train.evaluate_checkpoint(config, FLAGS.workdir,
+                                          best=FLAGS.best, quiet=FLAGS.json)
+      if FLAGS.json and jax.process_index() == 0:
+        print(json.dumps(metrics), flush=True)
     elif FLAGS.mode == "predict":
       results = predict.predict(config, FLAGS.workdir, FLAGS.images or [],
                                 best=FLAGS.best)

@@ -341,8 +341,10 @@ class _Loop:
 
 
 def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str, *,
-                        best: bool = False) -> dict[str, Any]:
-  """Evaluates the latest (or best) checkpoint in the workdir that restores.
+                        best: bool = False, quiet: bool = False
+                        ) -> dict[str, Any]:
+  """Evaluates the latest (or best) checkpoint in the workdir that restores
+  ({"step", metrics}; printed as a line unless quiet).
 
   Changes nothing in the workdir (a step that does not restore is named in
   a warning and left in place).
@@ -354,7 +356,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str, *,
     metrics = evaluate(run)
   step = meta["step"]
   text = "  ".join(f"{k}={v:.4g}" for k, v in metrics.items())
-  if jax.process_index() == 0:
+  if jax.process_index() == 0 and not quiet:
     print(f"checkpoint step {step}: {text}", flush=True)
   return {"step": step, **metrics}
 

@@ -22,8 +22,8 @@ the per-run file says which (`ended`: target | gave_up). Each cell x seed runs a
 
 (your overrides less `--config.sweep.*`, which are the runner's: e.g.
 `"--config.sweep.seeds=(3,)"` gives each core its own seeds, and the
-report plans the union of the parts) in a subprocess, with a progress line at each of its evaluations (cell,
-seed, epoch, ETA of the whole sweep). Resumable at every level: a run whose
+report plans the union of the parts) in a subprocess, with a progress line
+at each of its evaluations (cell, seed, epoch, ETA of the whole sweep). Resumable at every level: a run whose
 result file exists is skipped; an interrupted one resumes from its
 checkpoint (the training program's own resume); SIGTERM/Ctrl-C is passed
 to the running child, which saves and stops. Each finished run writes
@@ -236,7 +236,7 @@ def run_one(config_arg: str, overrides: list[str], workdir: str, cell: dict,
 
 # What a per-run file holds beside its run's summary.
 KEPT = ("cell", "seed", "sweep", "commit", "command", "stop_train_error",
-        "diverged", "ended")
+        "diverged", "ended", "multiview")
 
 
 def figure1_command(results: str, axes) -> str:
@@ -251,7 +251,7 @@ def figure1_command(results: str, axes) -> str:
           f"--seeds={results} --out={grid}")
 
 
-def _write_record(path: str, record: dict) -> None:
+def write_record(path: str, record: dict) -> None:
   os.makedirs(os.path.dirname(path), exist_ok=True)
   with open(path + ".tmp", "w") as f:
     json.dump(record, f, indent=1)
@@ -287,7 +287,7 @@ def main(argv):
         old = json.load(f)
       record = summary.summarize(run_dir)
       record.update({k: old[k] for k in KEPT if k in old})
-      _write_record(path, record)
+      write_record(path, record)
       print(f"resummarized {path}", flush=True)
   elif not FLAGS.report_only:
     config_arg = config_flags.get_config_filename(FLAGS["config"])
@@ -326,7 +326,7 @@ def main(argv):
                     command="python " + " ".join(command[1:]),
                     stop_train_error=config.sweep.get("stop_train_error"),
                     ended=ended)
-      _write_record(result_path(results, cell, seed), record)
+      write_record(result_path(results, cell, seed), record)
   if any(config.sweep.get(k) is not None
          for k in ("stop_train_error", "give_up_epochs")):
     # Runs ended at a training error have no final evaluation to compare.

@@ -242,7 +242,10 @@ def record_view(run: dict) -> dict:
       "train": _pct(train_final),
       "gap": (None if train_final is None or val is None
               else _pct(val - train_final)),
-      "lrn": run.get("lrn_final") or {}, "to25": to25, "epochs": epochs,
+      # experiments/multiview.py: the eval split on cuda-convnet's 10 views.
+      "multiview": _pct(run.get("multiview", {}).get("eval_top1_error")),
+      "lrn": run.get("lrn_final") or lrn_nested(run.get("multiview", {})),
+      "to25": to25, "epochs": epochs,
       "wall": run["wall_seconds"], "ips": run["images_per_sec_median"],
       "train_s": _training_seconds(run),
       "commit": run.get("commit", "")}

@@ -17,8 +17,9 @@ effects), with a 95% CI and Holm-adjusted p-values over all those
 contrasts; a two-way (or k-way) ANOVA with seeds as blocks tests the main
 effects and interactions. Only seeds complete in every cell enter them.
 The test split, evaluated once at the end of each run, is reported apart.
-The same contrasts on the train/validation gap and on the test error follow
-as families of their own (experiments/sweep_effects.py).
+The same contrasts on the train/validation gap, on the test error and (runs
+scored by experiments/multiview.py) on the 10-view error follow as families
+of their own (experiments/sweep_effects.py).
 
 Per-run files from before the validation split (keys test_top1_error per
 epoch, final_test_top1_error) evaluated on the test split: read as "eval

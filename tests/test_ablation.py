@@ -206,6 +206,8 @@ def test_a_sweep_split_across_runners_reports_as_one(tmp_path):
       cell = {"model.norm": norm, "model.pool": pool}
       for seed in range(3):
         record = _old_record(cell, seed, _effect(cell, seed))
+        # Scored on 10 views (experiments/multiview.py): 1 point lower.
+        record["multiview"] = {"eval_top1_error": _effect(cell, seed) - 0.01}
         if seed:
           record["sweep"] = {"axes": [["model.norm", [norm]], pools],
                              "seeds": [1, 2]}
@@ -216,5 +218,40 @@ def test_a_sweep_split_across_runners_reports_as_one(tmp_path):
   assert report["axes"] == AXES and report["seeds"] == [0, 1, 2]
   assert report["runs_done"] == report["runs_planned"] == 12
   assert report["missing"] == [] and report["seeds_complete"] == [0, 1, 2]
-  assert report["comparisons"][0]["text"].startswith(
-      "norm=none - norm=lrn, averaged over pool")
+  main = report["comparisons"][0]
+  assert main["text"].startswith("norm=none - norm=lrn, averaged over pool")
+  (views,) = [f for f in report["secondary_effects"]
+              if f["metric"] == "multiview"]
+  assert views["comparisons"][0]["mean"] == pytest.approx(main["mean"])
+
+
+def test_multiview_scores_each_finished_run_from_its_checkpoint(tmp_path):
+  """One tiny run, then experiments/multiview.py: its per-run file gains
+  the 10-view error and the LRN statistic of its last checkpoint; a second
+  pass skips it; a run whose checkpoints are gone is named, exit 1."""
+  proc = sweep(tmp_path, "--config.sweep.axes=('model.norm=lrn',)",
+               "--config.sweep.seeds=(0,)")
+  assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+  results = tmp_path / "results"
+  command = [sys.executable, "-m", "experiments.multiview",
+             f"--workdir={tmp_path}", f"--results={results}"]
+
+  def multiview():
+    return subprocess.run(command, cwd=ROOT, env=environment(),
+                          capture_output=True, text=True, timeout=600)
+  proc = multiview()
+  assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+  (path,) = (results / "runs").glob("*.json")
+  record = json.loads(path.read_text())
+  mv = record["multiview"]
+  assert mv["eval_crops"] == 10 and mv["step"] == record["steps"]
+  assert 0.0 <= mv["eval_top1_error"] <= 1.0
+  assert mv["eval_examples"] == 64  # Every eval image once, 10 views each.
+  assert {"lrn/conv1/mean", "lrn/conv2/spread"} <= set(mv)
+  assert "scored already" in multiview().stdout
+  del record["multiview"]
+  path.write_text(json.dumps(record))
+  import shutil  # pylint: disable=g-import-not-at-top
+  shutil.rmtree(tmp_path / "runs")
+  proc = multiview()
+  assert proc.returncode == 1 and "not scored" in proc.stderr
