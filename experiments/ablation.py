@@ -195,6 +195,7 @@ def run_one(config_arg: str, overrides: list[str], workdir: str, cell: dict,
   print(f"{label}: {' '.join(command[1:])}", flush=True)
   child = Child(command)
   per_epoch, last_eval, tail, ended = None, time.time(), [], None
+  last_step = 0  # Of the last evaluation, or the step this run resumed at.
   for line in child.lines():
     tail = (tail + [line])[-20:]
     if ended is None and "train_accuracy=" in line and "  epoch " in line:
@@ -214,14 +215,18 @@ def run_one(config_arg: str, overrides: list[str], workdir: str, cell: dict,
         child.proc.send_signal(signal.SIGTERM)
     if line.startswith(("resuming from", "warning:", "error:")):
       print(f"{label}: {line.strip()}", flush=True)
+    if line.startswith("resuming from the checkpoint at step "):
+      last_step = int(line.split()[-1])
     if " per epoch)" in line:  # "... N steps (M per epoch) at batch ..."
       per_epoch = int(line.split(" per epoch)")[0].split("(")[-1])
     if "eval_top1_error=" in line and per_epoch:
       step = int(line.split()[1])
       error = line.split("eval_top1_error=")[1].split()[0]
       now = time.time()
-      progress.epoch_done(now - last_eval)
-      last_eval = now
+      # Epochs since the last evaluation: one for a run evaluated every
+      # epoch, all of them for one evaluated once, at the end.
+      progress.epoch_done(now - last_eval, (step - last_step) / per_epoch)
+      last_eval, last_step = now, step
       print(f"{label}: epoch {step / per_epoch:.2f}/"
             f"{progress.epochs_per_run:g}  eval top-1 error {error}  "
             f"sweep ETA {progress.eta()}", flush=True)
