@@ -205,9 +205,11 @@ def to_markdown(report: dict) -> str:
                   f"{_key(d['cell'])} seed {d['seed']}"
                   for d in report["diverged"]) + ".", ""]
   if splits == ["test"]:
-    lines += ["These runs evaluated on the test split at every epoch (no "
-              "held-out validation split): their 'validation' error is the "
-              "test error, and no separate test number exists.", ""]
+    once = all(len(c["curve_epochs"]) == 1 for c in report["cells"])
+    lines += ["These runs evaluated on the test split " + (
+        "once, after the last step" if once else "at every epoch") +
+              " (no held-out validation split): their 'validation' error "
+              "is the test error, and no separate test number exists.", ""]
   if report["old_style_runs"]:
     lines += [f"{report['old_style_runs']} old-style run files: their "
               "per-epoch training error is the unweighted mean of the log "

@@ -223,6 +223,14 @@ def test_a_sweep_split_across_runners_reports_as_one(tmp_path):
   (views,) = [f for f in report["secondary_effects"]
               if f["metric"] == "multiview"]
   assert views["comparisons"][0]["mean"] == pytest.approx(main["mean"])
+  # Runs that read the test split once, at the end, are said to have.
+  for path in (tmp_path / "runs").glob("*.json"):
+    record = json.loads(path.read_text())
+    record["epochs"] = record["epochs"][-1:]
+    path.write_text(json.dumps(record))
+  sweep_report.write(sweep_report.build(str(tmp_path)), str(tmp_path))
+  assert "on the test split once, after the last step" in (
+      tmp_path / "results.md").read_text()
 
 
 def test_multiview_scores_each_finished_run_from_its_checkpoint(tmp_path):

@@ -315,6 +315,7 @@ def test_the_report_builds_from_old_style_runs(tmp_path):
   md = (tmp_path / "results.md").read_text()
   assert "With n = 3 seeds per cell this is a screen" in md
   assert "no separate test number exists" in md
+  assert "evaluated on the test split at every epoch" in md
   assert "## Test split" not in md
   for name in ("curves.png", "train_curves.png", "bars.png"):
     assert (tmp_path / name).stat().st_size > 0
