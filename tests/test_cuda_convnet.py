@@ -262,8 +262,8 @@ def test_the_cmrnorm_statistic_is_the_factor_the_net_applies():
   deviation leave out masked rows; 13pct and ',nonorm' have no such rows."""
   model = cuda_convnet.CudaConvnet(net="11pct", rngs=nnx.Rngs(0))
   # Weights scaled up so that f is far from 1.
-  model.conv1.kernel.value = model.conv1.kernel.value * 300.0
-  model.conv2.kernel.value = model.conv2.kernel.value * 30.0
+  model.conv1.kernel[...] = model.conv1.kernel[...] * 300.0
+  model.conv2.kernel[...] = model.conv2.kernel[...] * 30.0
   x = jnp.asarray(rand(3, 24, 24, 3, scale=60.0))
   _, acts = model(x, return_activations=True)
   mask = jnp.asarray([1.0, 1.0, 0.0])
