@@ -219,9 +219,10 @@ def get_config(arg=None):
 
 def lrn_claim_config(suffix: str):
   """11pct vs 13pct (reference first: the net with normalisation), each at
-  its own cfg settings, and 11pct without its rnorm layers, 3 seeds; trained on all 50,000 training images as
-  the authors finally did, the test split read once, at the end (no
-  decision is made during these runs: the schedule is fixed)."""
+  its own cfg settings, and 11pct without its rnorm layers, 3 seeds;
+  trained on all 50,000 training images as the authors finally did, the
+  test split read once, at the end (no decision is made during these
+  runs: the schedule is fixed)."""
   config = get_config("11pct" + ("," + suffix if suffix else ""))
   config.eval_every_steps = 10 ** 9  # Only after the last step.
   config.sweep = s = ml_collections.ConfigDict()

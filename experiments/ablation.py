@@ -23,9 +23,10 @@ the per-run file says which (`ended`: target | gave_up). Each cell x seed runs a
 (your overrides less `--config.sweep.*`, which are the runner's: e.g.
 `"--config.sweep.seeds=(3,)"` gives each core its own seeds, and the
 report plans the union of the parts) in a subprocess, with a progress line
-at each of its evaluations (cell, seed, epoch, ETA of the whole sweep). Resumable at every level: a run whose
-result file exists is skipped; an interrupted one resumes from its
-checkpoint (the training program's own resume); SIGTERM/Ctrl-C is passed
+at each of its evaluations (cell, seed, epoch, ETA of the whole sweep).
+Resumable at every level: a run whose result file exists is skipped; an
+interrupted one resumes from its checkpoint (the training program's own
+resume); SIGTERM/Ctrl-C is passed
 to the running child, which saves and stops. Each finished run writes
 RESULTS/runs/<cell>__seed<k>.json (per-epoch test error and train loss,
 wall time, images/s, config, command; small, to commit), and the report

@@ -199,7 +199,8 @@ def test_a_sweep_split_across_runners_reports_as_one(tmp_path):
   """Seed 0 ran as the whole sweep; seeds 1 and 2 ran as two runners, one
   per norm value (`--config.sweep.axes`, `--config.sweep.seeds`): each run
   records its runner's part, and the report plans their union."""
-  from tests.test_stats import AXES, _effect, _old_record, _write  # pylint: disable=g-import-not-at-top
+  # pylint: disable=g-import-not-at-top
+  from tests.test_stats import AXES, _effect, _old_record, _write
   pools = AXES[1]
   for norm in ("lrn", "none"):
     for pool in pools[1]:

@@ -166,8 +166,9 @@ def test_a_locally_connected_bias_is_a_bias():
   """11pct's local3/local4 biases hold a value per position and channel
   (ho, wo, cout): epsB (2x the rate) and no decay, as cuda-convnet gives
   every bias; their kernels decay at the layer's wc."""
-  from alexnet_jax import cuda_convnet as cc_model  # pylint: disable=g-import-not-at-top
-  from configs import cuda_convnet  # pylint: disable=g-import-not-at-top
+  # pylint: disable=g-import-not-at-top
+  from alexnet_jax import cuda_convnet as cc_model
+  from configs import cuda_convnet
   c = cuda_convnet.get_config("11pct")
   model = cc_model.from_config(c.model, rngs=nnx.Rngs(0))
   params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
