@@ -71,9 +71,8 @@ SUFFIXES = ("cpu", "once", "nonorm")
 # (seed 0; experiments/results/cifar10_figure1_paper/): None until measured.
 # relu: 0.002 reached 25% in 5.01 epochs (0.001: 7.04, 0.004: 5.08, 0.008:
 # 13.08, 0.016: did not leave chance within 5 epochs). tanh: 0.016 reached
-# it in 35.25 epochs (0.008: 37.05; 0.001, 0.004 and 0.032: not within 40,
-# 0.032's best window 27.3%; 0.002 unfinished, between two rates that did
-# not reach it).
+# it in 35.25 epochs (0.008: 37.05; 0.001, 0.002, 0.004 and 0.032: not
+# within 40, 0.032's best window 27.3%, 0.002's 29.3%).
 FIG1_RATES = {"relu": 0.002, "tanh": 0.016}
 INPUT_SIZES = {"11pct": 24, "13pct": 24, "18pct": 32, "80sec": 32}
 # layer-params-<net>.cfg `wc` (cuda-convnet's weight decay, weights only).
